@@ -1,0 +1,5 @@
+"""Allow ``python -m lossgrad``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""Helpers at the autograd boundary shared by every loss Function."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["refuse_double_backward"]
+
+
+def refuse_double_backward(name: str) -> None:
+    """Raise when a backward pass is being recorded for a second derivative.
+
+    Every lossgrad backward is a closed form built from tensors saved in the
+    forward pass, so differentiating it again would silently give a wrong
+    (mostly zero) second derivative. Grad mode is on inside ``backward`` only
+    under ``create_graph=True`` or a ``torch.func`` transform; the transforms
+    are allowed because ``torch.func.grad`` of the loss itself needs them.
+    """
+    if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
+        raise RuntimeError(
+            f"lossgrad.{name}: double backward (create_graph=True) is not supported, "
+            "because the backward pass is a closed form without a graph of its own; "
+            "use the torch.nn.functional loss for higher-order gradients"
+        )

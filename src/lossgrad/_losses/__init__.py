@@ -1,0 +1,1 @@
+"""Loss families: one ``torch.autograd.Function`` per loss, grouped by family."""

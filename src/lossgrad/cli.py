@@ -1,0 +1,55 @@
+"""The ``lossgrad`` command: parses the subcommand and hands over to its package.
+
+Each application (``explain``, ``run``, ``bench``) lives in its own subpackage,
+which provides ``configure_parser(parser)`` and ``main(args) -> int``. They are
+imported only when their subcommand runs, so ``lossgrad explain`` does not pay
+for matplotlib or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+COMMANDS = {
+    "explain": "show a loss's formula and gradient on your numbers, checked three ways",
+    "run": "run an experiment on real data (default: Hinton's distillation on digits)",
+    "bench": "compare speed and memory with PyTorch eager and torch.compile",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with one subparser per application."""
+    parser = argparse.ArgumentParser(
+        prog="lossgrad",
+        description="Losses with hand-derived gradients: explain, run, bench.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name, help_text in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(f"lossgrad.{name}")
+        module.configure_parser(sub)
+        sub.set_defaults(handler=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    return int(args.handler(args) or 0)

@@ -1,0 +1,3 @@
+"""Placeholder: the divergence modules are being written."""
+
+__all__: list[str] = []

@@ -1,0 +1,12 @@
+"""Placeholder: `lossgrad run` is being written."""
+
+import argparse
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add this command's options to parser."""
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the command."""
+    raise SystemExit("lossgrad run: not available yet")

@@ -89,7 +89,9 @@ def fused_rows(
     N, V = logits.shape
     compute_dtype = accumulate_dtype(logits.dtype)
     grad = logits if inplace else torch.empty_like(logits)
-    loss = torch.empty(N, dtype=compute_dtype, device=logits.device)
+    # Per-chunk losses are concatenated rather than written into a buffer
+    # made here, which vmap could not write batched values into.
+    losses = []
     direct = logits.dtype == compute_dtype
     for rows in row_chunks(N, V, chunk_bytes):
         if direct:
@@ -98,7 +100,9 @@ def fused_rows(
         else:
             x = logits[rows].to(compute_dtype)  # chunk x V, a float32 copy
             out = x
-        loss[rows] = rule(rows, x, out)
+        losses.append(rule(rows, x, out))
         if not direct:
             grad[rows].copy_(out)
-    return loss, grad
+    if not losses:
+        return logits.new_zeros(0, dtype=compute_dtype), grad
+    return torch.cat(losses), grad

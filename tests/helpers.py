@@ -73,3 +73,26 @@ def grads_of(loss: Tensor, inputs: list[Tensor], grad_output: Tensor | None = No
 def leaf(data: object, dtype: torch.dtype = torch.float64) -> Tensor:
     """Return a fresh leaf tensor that requires grad."""
     return torch.tensor(data, dtype=dtype).requires_grad_(True)
+
+
+def reported_case(case_id: str) -> dict:
+    """Return one case of ``tests/data/reported_cases.json`` by its id (``"R01"``)."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "reported_cases.json"
+    cases = {case["id"]: case for case in json.loads(path.read_text())}
+    return cases[case_id]
+
+
+def as_tensor(value: object, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Turn JSON numbers, with "inf", "-inf" and "nan" as strings, into a tensor."""
+
+    def convert(v: object) -> object:
+        if isinstance(v, list):
+            return [convert(x) for x in v]
+        if isinstance(v, str):
+            return float(v)
+        return v
+
+    return torch.tensor(convert(value), dtype=dtype)

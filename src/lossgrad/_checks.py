@@ -21,6 +21,7 @@ __all__ = [
     "check_choice",
     "check_class_indices",
     "check_class_weight",
+    "check_dim_size",
     "check_finite_number",
     "check_float_tensor",
     "check_in_range",
@@ -28,6 +29,8 @@ __all__ = [
     "check_no_legacy_reduction",
     "check_non_negative",
     "check_positive",
+    "check_positive_int",
+    "check_positive_scalar",
     "check_reduction",
     "check_same_shape",
     "check_tensor",
@@ -234,3 +237,44 @@ def check_class_weight(
         bad = weight[weight < 0][0].item()
         raise ValueError(f"{name}: expected non-negative class weights, got {bad}")
     return weight
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Raise unless ``value`` is a Python integer > 0; return it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected a positive integer, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name}: expected an integer > 0, got {value}")
+    return value
+
+
+def check_dim_size(name: str, tensor: Tensor, dim: int, size: int, meaning: str) -> None:
+    """Raise ValueError unless ``tensor.shape[dim] == size``.
+
+    ``meaning`` names where the expected size comes from, such as
+    ``"H, the last dimension of input"``.
+    """
+    if tensor.shape[dim] != size:
+        raise ValueError(
+            f"{name}: expected size {size} ({meaning}) in dimension {dim}, "
+            f"got shape {tuple(tensor.shape)}"
+        )
+
+
+def check_positive_scalar(name: str, value: object) -> float | Tensor:
+    """Raise unless ``value`` is a number > 0 or a one-element tensor > 0.
+
+    A tensor is accepted so that a count computed on the device (such as a
+    token count) needs no host synchronisation; its value is checked only
+    where :func:`should_validate_values` allows it.
+    """
+    if not isinstance(value, Tensor):
+        return check_positive(name, value)
+    if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(
+            f"{name}: expected a number or a one-element real tensor, got a "
+            f"{value.dtype} tensor of shape {tuple(value.shape)}"
+        )
+    if should_validate_values(value, None) and not bool(value.reshape(()) > 0):
+        raise ValueError(f"{name}: expected a value > 0, got {value.reshape(()).item()}")
+    return value

@@ -25,6 +25,7 @@ __all__ = [
     "check_finite_number",
     "check_float_tensor",
     "check_in_range",
+    "check_ndim",
     "check_labels",
     "check_no_legacy_reduction",
     "check_non_negative",
@@ -32,8 +33,11 @@ __all__ = [
     "check_positive_int",
     "check_positive_scalar",
     "check_reduction",
+    "check_same_dtype",
     "check_same_shape",
+    "check_shape",
     "check_tensor",
+    "check_values_in_range",
     "should_validate_values",
     "to_input_dtype",
 ]
@@ -278,3 +282,58 @@ def check_positive_scalar(name: str, value: object) -> float | Tensor:
     if should_validate_values(value, None) and not bool(value.reshape(()) > 0):
         raise ValueError(f"{name}: expected a value > 0, got {value.reshape(()).item()}")
     return value
+
+
+def check_ndim(name: str, tensor: Tensor, allowed: tuple[int, ...], meaning: str) -> None:
+    """Raise ValueError unless ``tensor.dim()`` is one of ``allowed``.
+
+    ``meaning`` names the accepted layouts, such as ``"(N, D) or (D,)"``.
+    """
+    if tensor.dim() not in allowed:
+        raise ValueError(
+            f"{name}: expected shape {meaning}, got {tuple(tensor.shape)} "
+            f"({tensor.dim()} dimensions)"
+        )
+
+
+def check_shape(name: str, tensor: Tensor, shape: tuple[int, ...], meaning: str) -> None:
+    """Raise ValueError unless ``tensor`` has exactly ``shape``.
+
+    ``meaning`` says where the expected shape comes from, such as
+    ``"one entry per row of input1"``.
+    """
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(
+            f"{name}: expected shape {tuple(shape)} ({meaning}), got {tuple(tensor.shape)}"
+        )
+
+
+def check_same_dtype(
+    first: Tensor, second: Tensor, names: tuple[str, str] = ("input", "target")
+) -> None:
+    """Raise TypeError unless two tensors have the same dtype."""
+    if first.dtype != second.dtype:
+        raise TypeError(
+            f"{names[1]}: expected the dtype of {names[0]} ({first.dtype}), "
+            f"got {second.dtype}"
+        )
+
+
+def check_values_in_range(
+    name: str,
+    tensor: Tensor,
+    low: float,
+    high: float,
+    *,
+    validate: bool | None = None,
+) -> None:
+    """Raise ValueError unless every entry of ``tensor`` is in ``[low, high]``.
+
+    The check reads the values and so follows :func:`should_validate_values`.
+    """
+    if tensor.numel() == 0 or not should_validate_values(tensor, validate):
+        return
+    outside = (tensor < low) | (tensor > high) | tensor.isnan()
+    if bool(outside.any()):
+        bad = tensor[outside].flatten()[0].item()
+        raise ValueError(f"{name}: expected values in [{low:g}, {high:g}], got {bad:g}")

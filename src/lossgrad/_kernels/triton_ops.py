@@ -21,11 +21,13 @@ from torch import Tensor
 
 __all__ = [
     "HAS_TRITON",
+    "combine_rows",
     "cross_entropy_rows",
     "force_triton",
     "js_rows",
     "kd_rows",
     "kl_div_pointwise",
+    "pair_stats",
     "scale_rows_",
     "use_triton",
 ]
@@ -33,6 +35,7 @@ __all__ = [
 try:
     import triton
 
+    from . import triton_pairs as pair_kernels
     from . import triton_softmax as kernels
 except ImportError:  # Triton is an optional extra.
     HAS_TRITON = False
@@ -324,6 +327,41 @@ if HAS_TRITON:
     def _(grad, factor):
         return None
 
+    @torch.library.custom_op("lossgrad::pair_stats", mutates_args=())
+    def _pair_stats(a: Tensor, b: Tensor) -> Tensor:
+        N, D = a.shape
+        stats = torch.empty(N, 4, dtype=torch.float32, device=a.device)
+        if N:
+            block, warps = _block_and_warps(D)
+            pair_kernels.pair_stats_kernel[(N,)](
+                a, a.stride(0), b, b.stride(0), stats, D, BLOCK=block, num_warps=warps
+            )
+        return stats
+
+    @_pair_stats.register_fake
+    def _(a, b):
+        return a.new_empty(a.shape[0], 4, dtype=torch.float32)
+
+    @torch.library.custom_op("lossgrad::combine_rows", mutates_args=())
+    def _combine_rows(
+        x: Tensor, y: Tensor, z: Tensor | None, coef: Tensor
+    ) -> list[Tensor]:
+        N, D = x.shape
+        gx, gy = torch.empty_like(x), torch.empty_like(y)
+        gz = torch.empty_like(z) if z is not None else gx
+        if N:
+            block, warps = _block_and_warps(D)
+            pair_kernels.combine_rows_kernel[(N,)](
+                x, y, z if z is not None else x, x.stride(0), coef, gx, gy, gz, D,
+                HAS_Z=z is not None, BLOCK=block, num_warps=warps,
+            )
+        return [gx, gy, gz] if z is not None else [gx, gy]
+
+    @_combine_rows.register_fake
+    def _(x, y, z, coef):
+        outs = [torch.empty_like(x), torch.empty_like(y)]
+        return outs + [torch.empty_like(z)] if z is not None else outs
+
 
 def cross_entropy_rows(
     logits: Tensor,
@@ -337,7 +375,7 @@ def cross_entropy_rows(
 ) -> tuple[Tensor, Tensor]:
     """Return (loss per row, scaled gradient) of cross-entropy over ``N x V`` logits.
 
-    ``target`` holds class indices (N,) or probabilities (N, V). The gradient
+    ``target`` contains class indices (N,) or probabilities (N, V). The gradient
     is written over ``logits`` when ``inplace``.
     """
     scale = _scale_tensor(scale, logits)
@@ -406,3 +444,16 @@ def scale_rows_(grad: Tensor, factor: Tensor) -> Tensor:
     """Multiply the rows of ``grad`` in place by ``factor`` (scalar or one per row)."""
     torch.ops.lossgrad.scale_rows_(grad, factor)
     return grad
+
+
+def pair_stats(a: Tensor, b: Tensor) -> Tensor:
+    """Return ``N x 4`` float32 rows (a·b, |a|², |b|², |a − b|²) of contiguous ``N x D`` rows."""
+    return torch.ops.lossgrad.pair_stats(a.contiguous(), b.contiguous())
+
+
+def combine_rows(rows: list[Tensor], coef: Tensor) -> list[Tensor]:
+    """Return, for each input row, Σ_k coef[n, 3i + k]·rows[k][n] (see triton_pairs)."""
+    rows = [r.contiguous() for r in rows]
+    z = rows[2] if len(rows) == 3 else None
+    coef = coef.to(torch.float32).contiguous()
+    return list(torch.ops.lossgrad.combine_rows(rows[0], rows[1], z, coef))

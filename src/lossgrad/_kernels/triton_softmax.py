@@ -54,17 +54,25 @@ def _online_update(m, s, x):
 
 @triton.jit
 def _finish_lse(m, s):
-    # Reduce the per-lane (m, s) pairs to the row's log-sum-exp.
+    # Reduce the per-lane (m, s) pairs to the row's log-sum-exp, returned as
+    # (row maximum M, log Σ exp(x − M)). Keeping the two apart lets callers
+    # form x − lse as (x − M) − log_total, which stays exact for logits of
+    # 1e8, where M + log_total would round away the log term in float32.
     row_max = tl.max(m, 0)
     safe_max = tl.where(row_max == NEG_INF, 0.0, row_max)
     total = tl.sum(tl.where(m == NEG_INF, 0.0, s * tl.exp(m - safe_max)), 0)
-    return safe_max + tl.log(total)
+    return safe_max, tl.log(total)
 
 
 @triton.jit
-def _prob(x, lse):
-    # p = exp(x - lse), exactly 0 for a masked class.
-    return tl.where(x == NEG_INF, 0.0, tl.exp(x - lse))
+def _log_prob(x, row_max, log_total):
+    return (x - row_max) - log_total
+
+
+@triton.jit
+def _prob(x, row_max, log_total):
+    # p = exp(x − lse), exactly 0 for a masked class.
+    return tl.where(x == NEG_INF, 0.0, tl.exp(_log_prob(x, row_max, log_total)))
 
 
 @triton.jit
@@ -104,42 +112,41 @@ def cross_entropy_rows_kernel(
     g_row = grad_ptr + row * grad_row_stride
     lanes = tl.arange(0, BLOCK)
 
-    # 1. Online log-sum-exp, plus the sums the smoothing term needs.
+    # 1. Online log-sum-exp, plus the row sums that A needs.
     m = tl.full([BLOCK], NEG_INF, tl.float32)
     s = tl.zeros([BLOCK], tl.float32)
     wq_sum = tl.zeros([BLOCK], tl.float32)
-    wqx_sum = tl.zeros([BLOCK], tl.float32)
     finite = tl.zeros([BLOCK], tl.float32)
     w_finite = tl.zeros([BLOCK], tl.float32)
-    wx_finite = tl.zeros([BLOCK], tl.float32)
     for start in range(0, n_cols, BLOCK):
         cols = start + lanes
         inside = cols < n_cols
         x = tl.load(x_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
         m, s = _online_update(m, s, x)
-        is_finite = x != NEG_INF
         if HAS_WEIGHT:
             w = tl.load(weight_ptr + cols, mask=inside, other=0.0).to(tl.float32)
         else:
             w = tl.where(inside, 1.0, 0.0)
-        x0 = tl.where(is_finite, x, 0.0)
         if PROB_TARGET:
             q = tl.load(target_ptr + row * target_row_stride + cols, mask=inside, other=0.0)
             q = (1.0 - smoothing) * q.to(tl.float32) + tl.where(inside, smoothing / n_cols, 0.0)
             wq_sum += w * q
-            wqx_sum += tl.where(q == 0.0, 0.0, w * q * x)
         else:
+            is_finite = x != NEG_INF
             finite += tl.where(is_finite, 1.0, 0.0)
             w_finite += tl.where(is_finite, w, 0.0)
-            wx_finite += w * x0
-    lse = _finish_lse(m, s)
+    row_max, log_total = _finish_lse(m, s)
 
+    # B − A·M is accumulated in pass 2 from x − M, so the loss
+    # A·lse − B = A·log_total − Σ_c w_c q_c (x_c − M) never subtracts two
+    # large numbers.
     if PROB_TARGET:
         a = tl.sum(wq_sum, 0)
-        b = tl.sum(wqx_sum, 0)
         keep = 1.0
         y = 0
         w_y = 0.0
+        spread = 0.0
+        target_term = 0.0
     else:
         y = tl.load(target_ptr + row * target_row_stride)
         ignored = y == ignore_index
@@ -150,22 +157,19 @@ def cross_entropy_rows_kernel(
             w_y = tl.load(weight_ptr + y).to(tl.float32)
         else:
             w_y = 1.0
-        n_finite = tl.maximum(tl.sum(finite, 0), 1.0)
-        spread = smoothing / n_finite
-        a = (1.0 - smoothing) * w_y + spread * tl.sum(w_finite, 0)
-        b = (1.0 - smoothing) * w_y * x_y + spread * tl.sum(wx_finite, 0)
-        a = a * keep
-        b = b * keep
-    loss = tl.where(keep == 0.0, 0.0, a * lse - b)
-    tl.store(loss_ptr + row, loss)
+        spread = smoothing / tl.maximum(tl.sum(finite, 0), 1.0)
+        a = keep * ((1.0 - smoothing) * w_y + spread * tl.sum(w_finite, 0))
+        target_term = (1.0 - smoothing) * w_y * (x_y - row_max)
 
-    # 2. The gradient A·p_j − w_j q_j, scaled by the reduction, written over the row.
+    # 2. The gradient A·p_j − w_j q_j, scaled by the reduction, written over
+    #    the row; and Σ_c w_c q_c (x_c − M) for the loss.
     scale = tl.load(scale_ptr).to(tl.float32)
+    shifted = tl.zeros([BLOCK], tl.float32)
     for start in range(0, n_cols, BLOCK):
         cols = start + lanes
         inside = cols < n_cols
         x = tl.load(x_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
-        p = _prob(x, lse)
+        p = _prob(x, row_max, log_total)
         if HAS_WEIGHT:
             w = tl.load(weight_ptr + cols, mask=inside, other=0.0).to(tl.float32)
         else:
@@ -173,12 +177,17 @@ def cross_entropy_rows_kernel(
         if PROB_TARGET:
             q = tl.load(target_ptr + row * target_row_stride + cols, mask=inside, other=0.0)
             q = (1.0 - smoothing) * q.to(tl.float32) + smoothing / n_cols
-            wq = w * q
+            wq = tl.where(inside, w * q, 0.0)
+            shifted += tl.where(wq == 0.0, 0.0, wq * (x - row_max))
         else:
-            on_target = tl.where(cols == y, (1.0 - smoothing) * w_y, 0.0)
-            wq = keep * (on_target + tl.where(x != NEG_INF, spread * w, 0.0))
+            is_finite = (x != NEG_INF) & inside
+            smooth_wq = tl.where(is_finite, spread * w, 0.0)
+            shifted += tl.where(is_finite, smooth_wq * (x - row_max), 0.0)
+            wq = keep * (tl.where(cols == y, (1.0 - smoothing) * w_y, 0.0) + smooth_wq)
         grad = (a * p - wq) * scale
         tl.store(g_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=inside)
+    loss = a * log_total - target_term - tl.sum(shifted, 0)
+    tl.store(loss_ptr + row, tl.where(keep == 0.0, 0.0, loss))
 
 
 @triton.jit
@@ -233,19 +242,19 @@ def kd_rows_kernel(
         m_t, z_t = _online_update(m_t, z_t, t * inv_temperature)
         if HAS_TARGET:
             m_1, z_1 = _online_update(m_1, z_1, s)
-    lse_s = _finish_lse(m_s, z_s)
-    lse_t = _finish_lse(m_t, z_t)
+    max_s, log_z_s = _finish_lse(m_s, z_s)
+    max_t, log_z_t = _finish_lse(m_t, z_t)
 
     keep = 1.0
     hard = 0.0
     y = -1
     if HAS_TARGET:
-        lse_1 = _finish_lse(m_1, z_1)
+        max_1, log_z_1 = _finish_lse(m_1, z_1)
         y = tl.load(target_ptr + row)
         ignored = y == ignore_index
         keep = tl.where(ignored, 0.0, 1.0)
         y = tl.where(ignored, 0, y)
-        hard = lse_1 - tl.load(s_row + y).to(tl.float32)
+        hard = -_log_prob(tl.load(s_row + y).to(tl.float32), max_1, log_z_1)
 
     # 2. The KL sum and the gradient, in one more pass.
     keep_scale = keep * tl.load(scale_ptr).to(tl.float32)
@@ -255,13 +264,13 @@ def kd_rows_kernel(
         inside = cols < n_cols
         s = tl.load(s_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
         t = tl.load(t_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
-        log_p = s * inv_temperature - lse_s
-        log_q = t * inv_temperature - lse_t
-        q = _prob(t * inv_temperature, lse_t)
+        log_p = _log_prob(s * inv_temperature, max_s, log_z_s)
+        log_q = _log_prob(t * inv_temperature, max_t, log_z_t)
+        q = _prob(t * inv_temperature, max_t, log_z_t)
         kl += tl.where(q == 0.0, 0.0, q * (log_q - log_p))
-        grad = alpha * temperature * (_prob(s * inv_temperature, lse_s) - q)
+        grad = alpha * temperature * (_prob(s * inv_temperature, max_s, log_z_s) - q)
         if HAS_TARGET:
-            p1 = _prob(s, lse_1)
+            p1 = _prob(s, max_1, log_z_1)
             grad += (1.0 - alpha) * (p1 - tl.where(cols == y, 1.0, 0.0))
         grad = grad * keep_scale
         tl.store(g_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=inside)
@@ -320,8 +329,8 @@ def js_rows_kernel(
         t = tl.load(t_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
         m_s, z_s = _online_update(m_s, z_s, s * inv_temperature)
         m_t, z_t = _online_update(m_t, z_t, t * inv_temperature)
-    lse_s = _finish_lse(m_s, z_s)
-    lse_t = _finish_lse(m_t, z_t)
+    max_s, log_z_s = _finish_lse(m_s, z_s)
+    max_t, log_z_t = _finish_lse(m_t, z_t)
 
     keep = 1.0
     if HAS_TARGET:
@@ -336,10 +345,10 @@ def js_rows_kernel(
         inside = cols < n_cols
         s = tl.load(s_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
         t = tl.load(t_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
-        log_p = s * inv_temperature - lse_s
-        log_q = t * inv_temperature - lse_t
-        p = _prob(s * inv_temperature, lse_s)
-        q = _prob(t * inv_temperature, lse_t)
+        log_p = _log_prob(s * inv_temperature, max_s, log_z_s)
+        log_q = _log_prob(t * inv_temperature, max_t, log_z_t)
+        p = _prob(s * inv_temperature, max_s, log_z_s)
+        q = _prob(t * inv_temperature, max_t, log_z_t)
         mix = beta * q + (1.0 - beta) * p
         log_mix = tl.log(tl.where(mix == 0.0, 1.0, mix))
         if MODE == JS_FORWARD_KL:
@@ -365,10 +374,10 @@ def js_rows_kernel(
         inside = cols < n_cols
         s = tl.load(s_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
         t = tl.load(t_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
-        log_p = s * inv_temperature - lse_s
-        log_q = t * inv_temperature - lse_t
-        p = _prob(s * inv_temperature, lse_s)
-        q = _prob(t * inv_temperature, lse_t)
+        log_p = _log_prob(s * inv_temperature, max_s, log_z_s)
+        log_q = _log_prob(t * inv_temperature, max_t, log_z_t)
+        p = _prob(s * inv_temperature, max_s, log_z_s)
+        q = _prob(t * inv_temperature, max_t, log_z_t)
         if MODE == JS_FORWARD_KL:
             grad = temperature * (p - q)
         else:

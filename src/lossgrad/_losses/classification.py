@@ -1,3 +1,700 @@
-"""Placeholder: the classification losses are being written."""
+"""Classification losses: softmax cross-entropy and the two binary cross-entropies.
 
-__all__: list[str] = []
+Each loss computes its value and its closed-form gradient in one forward pass
+and saves only the gradient; backward multiplies it by the reduction factor
+and ``grad_output``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._autograd import refuse_double_backward
+from .._checks import (
+    check_class_indices,
+    check_class_weight,
+    check_float_tensor,
+    check_in_range,
+    check_no_legacy_reduction,
+    check_reduction,
+    check_same_shape,
+    check_tensor,
+    should_validate_values,
+    to_input_dtype,
+)
+from .._formula import Formula, documented
+from .._kernels.cross_entropy_rule import cross_entropy_rule, mean_denominator
+from .._kernels.rows import fused_rows
+from .._reduction import accumulate_dtype, grad_scale, reduce_loss
+
+__all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy"]
+
+# PyTorch clamps the logarithms of binary_cross_entropy at -100 and divides its
+# gradient by max(p (1 - p), 1e-12) (ATen's Loss.cpp, PyTorch 2.13).
+_BCE_LOG_MIN = -100.0
+_BCE_GRAD_EPS = 1e-12
+
+
+# Shared pieces of the three Functions.
+
+
+def _reduce(loss: Tensor, reduction: str, denominator: Tensor, dtype: torch.dtype) -> Tensor:
+    """Reduce per-row losses; a ``mean`` over nothing (denominator 0) is 0."""
+    value = reduce_loss(loss, reduction, denominator)
+    if reduction == "mean":
+        value = value * (denominator > 0)
+    return value.to(dtype)
+
+
+def _output_scale(ctx, grad_output: Tensor, compute: torch.dtype) -> Tensor:
+    """Return the factor of the saved gradient: ``grad_output`` over the normaliser."""
+    scale = grad_scale(grad_output, ctx.reduction, ctx.denominator, dtype=compute)
+    if ctx.reduction == "mean":
+        scale = scale * (ctx.denominator > 0)
+    return scale
+
+
+def _scale_gradient(grad: Tensor, scale: Tensor, *, inplace: bool = False) -> Tensor:
+    """Multiply the saved gradient by ``scale`` in the compute dtype.
+
+    Without ``inplace`` a new tensor is returned, so that the saved gradient
+    survives for a second backward (``retain_graph=True``).
+    """
+    compute = accumulate_dtype(grad.dtype)
+    if grad.dtype == compute:
+        return grad.mul_(scale) if inplace else grad * scale
+    scaled = grad.to(compute).mul_(scale)
+    return grad.copy_(scaled) if inplace else scaled.to(grad.dtype)
+
+
+def _check_no_grad_required(name: str, tensor: Tensor | None) -> None:
+    if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            f"{name}: gradients with respect to {name} are not supported; expected a "
+            f"tensor that does not require grad, got requires_grad=True. Pass {name}.detach()"
+        )
+
+
+def _check_broadcasts_to(name: str, tensor: Tensor | None, input: Tensor) -> None:
+    if tensor is None:
+        return
+    check_float_tensor(name, tensor)
+    try:
+        shape = torch.broadcast_shapes(tensor.shape, input.shape)
+    except RuntimeError:
+        shape = None
+    if shape != input.shape:
+        raise ValueError(
+            f"{name}: expected a shape that broadcasts to the input's shape "
+            f"{tuple(input.shape)}, got {tuple(tensor.shape)}"
+        )
+
+
+# Softmax cross-entropy.
+
+
+class _CrossEntropyFunction(torch.autograd.Function):
+    """Cross-entropy over rows of logits (``R x C``), loss and gradient in one pass."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, target, weight, ignore_index, label_smoothing, reduction, inplace):
+        compute = accumulate_dtype(logits.dtype)
+        rule = cross_entropy_rule(target, weight, ignore_index, label_smoothing)
+        row_loss, grad = fused_rows(logits, rule, inplace=inplace)
+        denominator = mean_denominator(target, weight, ignore_index, compute)
+        loss = _reduce(row_loss, reduction, denominator, logits.dtype)
+        if inplace:
+            # The gradient now lives in ``logits``; setup_context keeps that tensor.
+            grad = logits.new_empty(0)
+        return loss, grad, denominator
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, target, weight, _, label_smoothing, reduction, inplace = inputs
+        _, grad, denominator = output
+        ctx.mark_non_differentiable(grad, denominator)
+        ctx.reduction = reduction
+        ctx.label_smoothing = label_smoothing
+        ctx.denominator = denominator
+        ctx.inplace = inplace
+        if inplace:
+            # Kept on ctx rather than saved, so that backward can check the
+            # version itself and say what went wrong.
+            ctx.logits = logits
+            ctx.logits_version = logits._version
+        else:
+            ctx.save_for_backward(grad)
+        if ctx.needs_input_grad[1]:
+            # The target gradient (probability targets) needs the logits again.
+            ctx.weight = weight
+            ctx.logits_for_target = logits
+            ctx.target_dtype = target.dtype
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_of_grad, _grad_of_denominator):
+        refuse_double_backward("cross_entropy")
+        compute = accumulate_dtype(grad_loss.dtype)
+        scale = _output_scale(ctx, grad_loss, compute)
+        if ctx.reduction == "none":
+            scale = scale.unsqueeze(-1)  # R x 1, one upstream gradient per row
+
+        grad_logits = None
+        if ctx.needs_input_grad[0]:
+            if ctx.inplace:
+                if ctx.logits._version != ctx.logits_version:
+                    raise RuntimeError(
+                        "cross_entropy(inplace_backward=True): the logits tensor, which "
+                        "holds the gradient after the forward pass, was modified before "
+                        "backward (or backward ran twice). Leave it untouched until "
+                        "backward, or use inplace_backward=False"
+                    )
+                grad_logits = _scale_gradient(ctx.logits, scale, inplace=True)
+            else:
+                (grad,) = ctx.saved_tensors
+                grad_logits = _scale_gradient(grad, scale)
+
+        grad_target = None
+        if ctx.needs_input_grad[1]:
+            # ∂ℓ/∂y_c = (1 − ε) w_c (lse − x_c) = −(1 − ε) w_c log p_c
+            logits = ctx.logits_for_target
+            log_p = torch.log_softmax(logits.to(compute), dim=-1)
+            grad_target = log_p.mul_(-(1.0 - ctx.label_smoothing) * scale)
+            if ctx.weight is not None:
+                grad_target = grad_target * ctx.weight.to(compute)
+            grad_target = grad_target.to(ctx.target_dtype)
+        return grad_logits, grad_target, None, None, None, None, None
+
+
+def _check_inplace(input: Tensor, target: Tensor) -> None:
+    """Raise unless the gradient can be written over ``input`` safely."""
+    if input.requires_grad and input.is_leaf:
+        raise ValueError(
+            "inplace_backward: expected logits computed by an operation, got a leaf "
+            "tensor that requires grad; overwriting it would destroy a parameter. "
+            "Use inplace_backward=False"
+        )
+    if input.dim() != 2 or input.stride(-1) != 1:
+        raise ValueError(
+            "inplace_backward: expected 2-D logits (N, C) with contiguous rows, got shape "
+            f"{tuple(input.shape)} and strides {input.stride()}; use inplace_backward=False"
+        )
+    if target.requires_grad:
+        raise ValueError(
+            "inplace_backward: the target gradient needs the logits, which the gradient "
+            "overwrites; expected a target that does not require grad"
+        )
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        raise ValueError(
+            "inplace_backward: not supported under torch.func transforms or "
+            "torch.compile; use inplace_backward=False"
+        )
+
+
+def _check_class_weight_values(weight: Tensor | None, validate: bool | None) -> None:
+    """Check the weight signs off the CPU too when ``validate=True``."""
+    if weight is None or weight.device.type == "cpu" or not validate:
+        return
+    if bool((weight < 0).any()):
+        bad = weight[weight < 0][0].item()
+        raise ValueError(f"weight: expected non-negative class weights, got {bad}")
+
+
+@documented(
+    Formula(
+        name="cross_entropy",
+        summary="ℓ = −Σ_c w_c q_c log softmax(x)_c, q the (smoothed) target distribution",
+        loss=(
+            "class index y:     ℓ = (1 − ε) w_y (−log p_y) + (ε/K) Σ_c w_c (−log p_c)\n"
+            "probabilities y:   ℓ = Σ_c w_c q_c (−log p_c),  q_c = (1 − ε) y_c + ε/K\n"
+            "p = softmax(x);  the sums and ε/K run over the K classes with x_c ≠ −∞"
+        ),
+        gradient=(
+            "∂ℓ/∂x_j = p_j Σ_c w_c q_c − w_j q_j\n"
+            "class index y:  (1 − ε) w_y (p_j − [j = y]) + (ε/K)(p_j Σ_c w_c − w_j)\n"
+            "∂ℓ/∂y_c = −(1 − ε) w_c log p_c   (probability targets)"
+        ),
+        symbols=(
+            ("x", "logits of one row (C classes)"),
+            ("y", "target class index, or target probabilities"),
+            ("w", "class weights (all 1 without weight)"),
+            ("ε", "label_smoothing"),
+            ("K", "number of classes whose logit is not −∞ (C without masking)"),
+            ("[j = y]", "1 if j = y, else 0"),
+        ),
+    )
+)
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    inplace_backward: bool = False,
+    validate: bool | None = None,
+) -> Tensor:
+    """Softmax cross-entropy between logits and class indices or class probabilities.
+
+    {formula}
+
+    Reductions:
+        ``none``: the loss of each row, in the batch shape (``N`` or
+        ``N, d1, ...``; a 0-dim tensor for a ``(C,)`` input).
+        ``sum``: the sum over rows.
+        ``mean``: the sum divided by Σ w_{y_n} over the rows whose target is
+        not ``ignore_index`` (their number without ``weight``). For
+        probability targets it divides by the number of rows whatever the
+        weights, as PyTorch does. When that normaliser is 0 (an empty batch,
+        every row ignored, a zero total weight) the result is 0 with a zero
+        gradient, still connected to the graph.
+
+    Args:
+        input: logits, unnormalised.
+        target: class indices (integer dtype) in ``[0, C)`` or equal to
+            ``ignore_index``, or probabilities (floating dtype) of the input's
+            shape.
+        weight: class weights of shape ``(C,)``, non-negative. Default: ``None``.
+        size_average: deprecated in PyTorch; must be ``None``.
+        ignore_index: target value whose rows get loss 0 and gradient 0
+            (class indices only). Default: ``-100``.
+        reduce: deprecated in PyTorch; must be ``None``.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``. Default: ``"mean"``.
+        label_smoothing: ``ε`` in ``[0, 1]``. Default: ``0.0``.
+        inplace_backward: write the gradient over ``input`` in the forward
+            pass instead of a new buffer, saving one ``N x C`` tensor. The
+            logits are destroyed: after the call ``input`` holds the unscaled
+            gradient, and backward scales it in place and hands that same
+            memory on as the gradient. Allowed only for 2-D logits with
+            contiguous rows that are the output of an operation (not a leaf
+            that requires grad), and not under ``torch.func`` transforms or
+            ``torch.compile``. If an operation before the loss saved the
+            logits for its own backward (``exp``, ``tanh``), that backward
+            raises PyTorch's in-place modification error. Modifying ``input``
+            between the forward and the backward, or a second backward with
+            ``retain_graph=True``, raises a RuntimeError. Default: ``False``.
+        validate: check the values of ``target`` (class indices in range)
+            and the signs of ``weight``. ``None`` checks on CPU only, because
+            on CUDA reading values synchronises with the host; pass ``True``
+            to check on CUDA too. Default: ``None``.
+
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``.
+        - target: class indices ``()``, ``(N)`` or ``(N, d1, ..., dK)``;
+          probabilities the same shape as input.
+        - output: a scalar, or for ``reduction="none"`` the target's batch
+          shape ``()``, ``(N)`` or ``(N, d1, ..., dK)``.
+
+        where N is the batch size, C the number of classes and d1 ... dK
+        further dimensions (pixels, tokens).
+
+    Example::
+
+        >>> import lossgrad
+        >>> logits = torch.randn(4, 10, requires_grad=True)
+        >>> target = torch.tensor([1, 0, 9, -100])
+        >>> loss = lossgrad.cross_entropy(logits, target, label_smoothing=0.1)
+        >>> loss.backward()
+
+    Differences from PyTorch 2.13:
+        - Logits of ``-inf`` mark classes as impossible: they get probability
+          0 and gradient 0, and label smoothing spreads its mass over the
+          other K classes only (PyTorch spreads it over all C and returns
+          inf). A row whose target logit is ``-inf`` has loss ``+inf`` and a
+          finite gradient. An ignored row has gradient 0 whatever its logits.
+          With probability targets a class with w_c q_c = 0 adds 0 even where
+          its logit is ``-inf`` (PyTorch returns NaN).
+        - ``mean`` over nothing is 0, not NaN.
+        - ``size_average``/``reduce`` other than ``None`` raise ValueError.
+        - Gradients with respect to ``weight`` are not supported, and
+          double backward raises.
+        - float16 and bfloat16 logits are computed and summed in float32 and
+          the loss is returned in the input's dtype, so a float16 mean is
+          finite whenever the mean itself fits in float16.
+        - Under ``torch.autocast``, PyTorch runs cross_entropy in float32.
+          lossgrad's function is not on autocast's lists, so it receives the
+          logits in whatever dtype the autocast region produced (float16 or
+          bfloat16 from a matmul), computes in float32 either way, and returns
+          the loss and the gradient in that dtype.
+    """
+    # 1. Arguments and options.
+    check_float_tensor("input", input)
+    check_tensor("target", target)
+    check_no_legacy_reduction(size_average, reduce)
+    check_reduction(reduction)
+    eps = check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    if input.dim() == 0:
+        raise ValueError(
+            "input: expected logits of shape (C), (N, C) or (N, C, d1, ...), got a 0-dim tensor"
+        )
+    class_dim = 0 if input.dim() == 1 else 1
+    C = input.shape[class_dim]
+    if C == 0:
+        raise ValueError(f"input: expected at least one class, got shape {tuple(input.shape)}")
+    batch_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
+
+    # 2. Targets and weights.
+    probabilities = target.is_floating_point() and target.shape == input.shape
+    if not probabilities:
+        check_class_indices(target, C, ignore_index, validate=validate)
+        if target.shape != batch_shape:
+            raise ValueError(
+                f"target: expected class indices of shape {tuple(batch_shape)} or "
+                f"probabilities of shape {tuple(input.shape)}, got {tuple(target.shape)}"
+            )
+    check_class_weight(weight, C)
+    _check_class_weight_values(weight, validate)
+    _check_no_grad_required("weight", weight)
+    if inplace_backward:
+        _check_inplace(input, target)
+
+    # 3. Rows of logits (R x C): the class dimension last, the rest flattened.
+    if input.dim() == 1:
+        rows = input.unsqueeze(0)
+        target_rows = target.unsqueeze(0) if probabilities else target.reshape(1)
+    elif input.dim() == 2:
+        rows, target_rows = input, target
+    else:
+        rows = input.movedim(1, -1).reshape(-1, C)
+        target_rows = target.movedim(1, -1).reshape(-1, C) if probabilities else target.reshape(-1)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+
+    # 4. Loss and gradient in one pass.
+    loss, _, _ = _CrossEntropyFunction.apply(
+        rows, target_rows, weight, ignore_index, eps, reduction, inplace_backward
+    )
+    if reduction == "none":
+        loss = loss.reshape(batch_shape)
+    return loss
+
+
+# Binary cross-entropy on logits.
+
+
+class _BCEWithLogitsFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, target, weight, pos_weight, reduction):
+        compute = accumulate_dtype(input.dtype)
+        x = input.to(compute)
+        y = target.to(compute)
+        # softplus(±x) = relu(±x) + log1p(exp(−|x|)): −log σ(x) = softplus(−x)
+        # and −log(1 − σ(x)) = softplus(x), finite for any finite x.
+        tail = x.abs().neg_().exp_().log1p_()
+        softplus_neg = torch.relu(-x).add_(tail)
+        softplus_pos = torch.relu(x).add_(tail)
+        sigmoid = torch.sigmoid(x)
+        positive = y if pos_weight is None else pos_weight.to(compute) * y
+        loss = positive * softplus_neg + (1 - y) * softplus_pos
+        # ∂ℓ/∂x = −pw·y·σ(−x) + (1 − y)·σ(x) = (pw·y + 1 − y)·σ(x) − pw·y
+        grad = (positive + 1 - y).mul_(sigmoid).sub_(positive)
+        if weight is not None:
+            w = weight.to(compute)
+            loss = loss * w
+            grad = grad * w
+        denominator = torch.full((), loss.numel(), dtype=compute, device=loss.device)
+        return _reduce(loss, reduction, denominator, input.dtype), grad.to(input.dtype), denominator
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, weight, pos_weight, reduction = inputs
+        _, grad, denominator = output
+        ctx.mark_non_differentiable(grad, denominator)
+        ctx.reduction = reduction
+        ctx.denominator = denominator
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(grad, input, weight, pos_weight)
+        else:
+            ctx.save_for_backward(grad)
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_of_grad, _grad_of_denominator):
+        refuse_double_backward("binary_cross_entropy_with_logits")
+        compute = accumulate_dtype(grad_loss.dtype)
+        scale = _output_scale(ctx, grad_loss, compute)
+        saved = ctx.saved_tensors
+        grad_input = _scale_gradient(saved[0], scale) if ctx.needs_input_grad[0] else None
+
+        grad_target = None
+        if ctx.needs_input_grad[1]:
+            # ∂ℓ/∂y = w·(pw·softplus(−x) − softplus(x))
+            _, input, weight, pos_weight = saved
+            x = input.to(compute)
+            softplus_neg = torch.nn.functional.softplus(-x)
+            if pos_weight is not None:
+                softplus_neg = softplus_neg * pos_weight.to(compute)
+            grad_target = softplus_neg - torch.nn.functional.softplus(x)
+            if weight is not None:
+                grad_target = grad_target * weight.to(compute)
+            grad_target = (grad_target * scale).to(input.dtype)
+        return grad_input, grad_target, None, None, None
+
+
+@documented(
+    Formula(
+        name="binary_cross_entropy_with_logits",
+        summary="ℓ = w [pw·y·softplus(−x) + (1 − y)·softplus(x)]",
+        loss=(
+            "ℓ = −w [pw·y·log σ(x) + (1 − y)·log(1 − σ(x))]\n"
+            "  = w [pw·y·softplus(−x) + (1 − y)·softplus(x)]"
+        ),
+        gradient=(
+            "∂ℓ/∂x = w [(pw·y + 1 − y)·σ(x) − pw·y]\n"
+            "∂ℓ/∂y = w [pw·softplus(−x) − softplus(x)]"
+        ),
+        symbols=(
+            ("x", "logit of one element"),
+            ("y", "target in [0, 1] (soft labels allowed)"),
+            ("σ", "the logistic sigmoid 1/(1 + e^(−x))"),
+            ("softplus", "softplus(x) = log(1 + e^x) = −log(1 − σ(x))"),
+            ("w", "weight, broadcast to the input (1 without weight)"),
+            ("pw", "pos_weight, broadcast over the last dimension (1 without it)"),
+        ),
+    )
+)
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    """Binary cross-entropy between logits and targets, one independent label per element.
+
+    {formula}
+
+    Derivation of the gradient: dσ/dx = σ(1 − σ), so ∂(−log σ(x))/∂x = σ(x) − 1
+    and ∂(−log(1 − σ(x)))/∂x = σ(x); then
+    ∂ℓ/∂x = w [pw·y·(σ − 1) + (1 − y)·σ] = w [(pw·y + 1 − y)·σ − pw·y].
+    The loss is computed from softplus, never from log σ, so it stays finite
+    and accurate at |x| = 1e4.
+
+    Reductions:
+        ``none``: the loss of each element, in the input's shape.
+        ``sum``: the sum over elements.
+        ``mean``: the sum divided by the number of elements (the weights do
+        not enter the normaliser). An empty input gives 0 with a zero
+        gradient, not NaN.
+
+    Args:
+        input: logits.
+        target: targets of the input's shape; integer and boolean targets
+            are cast to the input's dtype.
+        weight: weights that broadcast to the input's shape. Default: ``None``.
+        size_average: deprecated in PyTorch; must be ``None``.
+        reduce: deprecated in PyTorch; must be ``None``.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``. Default: ``"mean"``.
+        pos_weight: weights of the positive term, usually one per class of
+            shape ``(C,)``, broadcast over the last dimension of the input.
+            Default: ``None``.
+
+    Shape:
+        - input: ``(*)``, usually ``(N, C)``.
+        - target: ``(*)``, the same shape as input.
+        - output: a scalar, or ``(*)`` for ``reduction="none"``.
+
+        where N is the batch size, C the number of labels and ``*`` any
+        number of dimensions.
+
+    Example::
+
+        >>> import lossgrad
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> target = torch.randint(0, 2, (4, 3))
+        >>> loss = lossgrad.binary_cross_entropy_with_logits(
+        ...     logits, target, pos_weight=torch.tensor([1.0, 2.0, 4.0]))
+        >>> loss.backward()
+
+    Differences from PyTorch 2.13:
+        - The target must have the input's shape (PyTorch also requires it);
+          integer targets are accepted and cast.
+        - ``mean`` over an empty input is 0, not NaN.
+        - Gradients with respect to ``weight`` and ``pos_weight`` are not
+          supported (PyTorch raises too); double backward raises.
+        - float16 and bfloat16 inputs are computed and summed in float32 and
+          the loss is returned in the input's dtype. Under ``torch.autocast``
+          the function receives the input in whatever dtype the autocast
+          region produced and computes in float32 either way, where PyTorch
+          autocasts this loss to float32.
+        - The values of ``weight``, ``pos_weight`` and ``target`` are not
+          checked; negative weights or targets outside [0, 1] give the
+          formula's value.
+    """
+    check_float_tensor("input", input)
+    target = to_input_dtype("target", target, input)
+    check_same_shape(input, target)
+    check_no_legacy_reduction(size_average, reduce)
+    check_reduction(reduction)
+    _check_broadcasts_to("weight", weight, input)
+    _check_broadcasts_to("pos_weight", pos_weight, input)
+    _check_no_grad_required("weight", weight)
+    _check_no_grad_required("pos_weight", pos_weight)
+    loss, _, _ = _BCEWithLogitsFunction.apply(input, target, weight, pos_weight, reduction)
+    return loss
+
+
+# Binary cross-entropy on probabilities.
+
+
+class _BCEFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, target, weight, reduction):
+        compute = accumulate_dtype(input.dtype)
+        p = input.to(compute)
+        y = target.to(compute)
+        log_p = torch.log(p).clamp_(min=_BCE_LOG_MIN)
+        log_not_p = torch.log1p(-p).clamp_(min=_BCE_LOG_MIN)
+        loss = torch.lerp(log_not_p, log_p, y).neg_()  # −(y log p + (1 − y) log(1 − p))
+        # ∂ℓ/∂p = −y/p + (1 − y)/(1 − p) = (p − y)/(p (1 − p)), with the
+        # denominator floored at 1e-12 as PyTorch does. At p = 0 or 1 this
+        # gives 0 when y equals p and ±1e12·|p − y| otherwise, PyTorch's value,
+        # rather than the 0 that the clamped loss would have.
+        grad = (p - y).div_((p * (1 - p)).clamp_(min=_BCE_GRAD_EPS))
+        if weight is not None:
+            w = weight.to(compute)
+            loss = loss * w
+            grad = grad * w
+        denominator = torch.full((), loss.numel(), dtype=compute, device=loss.device)
+        return _reduce(loss, reduction, denominator, input.dtype), grad.to(input.dtype), denominator
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, weight, reduction = inputs
+        _, grad, denominator = output
+        ctx.mark_non_differentiable(grad, denominator)
+        ctx.reduction = reduction
+        ctx.denominator = denominator
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(grad, input, weight)
+        else:
+            ctx.save_for_backward(grad)
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_of_grad, _grad_of_denominator):
+        refuse_double_backward("binary_cross_entropy")
+        compute = accumulate_dtype(grad_loss.dtype)
+        scale = _output_scale(ctx, grad_loss, compute)
+        saved = ctx.saved_tensors
+        grad_input = _scale_gradient(saved[0], scale) if ctx.needs_input_grad[0] else None
+
+        grad_target = None
+        if ctx.needs_input_grad[1]:
+            # ∂ℓ/∂y = w (log(1 − p) − log p) with both logs clamped at −100, the
+            # exact derivative of the clamped loss, which is linear in y.
+            _, input, weight = saved
+            p = input.to(compute)
+            log_p = torch.log(p).clamp_(min=_BCE_LOG_MIN)
+            grad_target = torch.log1p(-p).clamp_(min=_BCE_LOG_MIN).sub_(log_p)
+            if weight is not None:
+                grad_target = grad_target * weight.to(compute)
+            grad_target = (grad_target * scale).to(input.dtype)
+        return grad_input, grad_target, None, None
+
+
+@documented(
+    Formula(
+        name="binary_cross_entropy",
+        summary="ℓ = −w [y·log p + (1 − y)·log(1 − p)], logs clamped at −100",
+        loss="ℓ = −w [y·max(log p, −100) + (1 − y)·max(log(1 − p), −100)]",
+        gradient=(
+            "∂ℓ/∂p = w (p − y) / max(p (1 − p), 10⁻¹²)\n"
+            "∂ℓ/∂y = w [max(log(1 − p), −100) − max(log p, −100)]"
+        ),
+        symbols=(
+            ("p", "predicted probability in [0, 1]"),
+            ("y", "target in [0, 1]"),
+            ("w", "weight, broadcast to the input (1 without weight)"),
+        ),
+        subgradient=(
+            "at p = 0 and p = 1, where the clamp is active, ∂ℓ/∂p is PyTorch's "
+            "w (p − y)/10⁻¹²: 0 when y = p, ±10¹²·w·|p − y| otherwise"
+        ),
+    )
+)
+def binary_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    *,
+    validate: bool | None = None,
+) -> Tensor:
+    """Binary cross-entropy between predicted probabilities and targets.
+
+    {formula}
+
+    Reductions:
+        ``none``: the loss of each element, in the input's shape.
+        ``sum``: the sum over elements.
+        ``mean``: the sum divided by the number of elements. An empty input
+        gives 0 with a zero gradient, not NaN.
+
+    Args:
+        input: probabilities in ``[0, 1]``, usually the output of a sigmoid.
+        target: targets of the input's shape; integer and boolean targets
+            are cast to the input's dtype.
+        weight: weights that broadcast to the input's shape. Default: ``None``.
+        size_average: deprecated in PyTorch; must be ``None``.
+        reduce: deprecated in PyTorch; must be ``None``.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``. Default: ``"mean"``.
+        validate: check that the input lies in ``[0, 1]``. ``None`` checks
+            on CPU only; pass ``True`` to check on CUDA too. Default: ``None``.
+
+    Shape:
+        - input: ``(*)``.
+        - target: ``(*)``, the same shape as input.
+        - output: a scalar, or ``(*)`` for ``reduction="none"``.
+
+        where ``*`` is any number of dimensions.
+
+    Example::
+
+        >>> import lossgrad
+        >>> p = torch.rand(4, 3, requires_grad=True)
+        >>> loss = lossgrad.binary_cross_entropy(p, torch.randint(0, 2, (4, 3)))
+        >>> loss.backward()
+
+    Differences from PyTorch 2.13:
+        - log(1 − p) is computed as log1p(−p), which is more accurate for
+          small p; the values agree to float rounding elsewhere.
+        - The target gradient is the derivative of the clamped loss, so it
+          is finite (±100·w) at p = 0 and p = 1, where PyTorch returns ±inf.
+        - ``mean`` over an empty input is 0, not NaN.
+        - Gradients with respect to ``weight`` are not supported (PyTorch
+          raises too); double backward raises.
+        - float16 and bfloat16 inputs are computed and summed in float32 and
+          the loss is returned in the input's dtype. Under ``torch.autocast``
+          PyTorch refuses this loss in float16; lossgrad receives the input
+          in whatever dtype the autocast region produced and computes in
+          float32 either way. Prefer ``binary_cross_entropy_with_logits``,
+          which is stable for any logit.
+    """
+    check_float_tensor("input", input)
+    target = to_input_dtype("target", target, input)
+    check_same_shape(input, target)
+    check_no_legacy_reduction(size_average, reduce)
+    check_reduction(reduction)
+    _check_broadcasts_to("weight", weight, input)
+    _check_no_grad_required("weight", weight)
+    if input.numel() and should_validate_values(input, validate):
+        outside = ~((input >= 0) & (input <= 1))
+        if bool(outside.any()):
+            bad = input[outside][0].item()
+            raise ValueError(f"input: expected probabilities in [0, 1], got {bad}")
+    loss, _, _ = _BCEFunction.apply(input, target, weight, reduction)
+    return loss

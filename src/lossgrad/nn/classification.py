@@ -1,3 +1,113 @@
-"""Placeholder: the classification modules are being written."""
+"""Modules of the classification losses: they store the options and call the functions."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .._losses.classification import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+)
+
+__all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss"]
+
+
+class CrossEntropyLoss(nn.Module):
+    """Softmax cross-entropy; see :func:`lossgrad.cross_entropy`.
+
+    ``weight`` is registered as a buffer, so it follows ``.to(device)`` and is
+    saved in the ``state_dict``.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.size_average = size_average
+        self.reduce = reduce
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            size_average=self.size_average,
+            ignore_index=self.ignore_index,
+            reduce=self.reduce,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+class BCEWithLogitsLoss(nn.Module):
+    """Binary cross-entropy on logits; see :func:`lossgrad.binary_cross_entropy_with_logits`.
+
+    ``weight`` and ``pos_weight`` are registered as buffers.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        reduce=None,
+        reduction: str = "mean",
+        pos_weight: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+        self.size_average = size_average
+        self.reduce = reduce
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return binary_cross_entropy_with_logits(
+            input,
+            target,
+            weight=self.weight,
+            size_average=self.size_average,
+            reduce=self.reduce,
+            reduction=self.reduction,
+            pos_weight=self.pos_weight,
+        )
+
+
+class BCELoss(nn.Module):
+    """Binary cross-entropy on probabilities; see :func:`lossgrad.binary_cross_entropy`.
+
+    ``weight`` is registered as a buffer.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        reduce=None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.size_average = size_average
+        self.reduce = reduce
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return binary_cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            size_average=self.size_average,
+            reduce=self.reduce,
+            reduction=self.reduction,
+        )

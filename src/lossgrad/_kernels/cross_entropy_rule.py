@@ -1,0 +1,194 @@
+"""The cross-entropy row rule for :func:`lossgrad._kernels.rows.fused_rows`.
+
+:func:`cross_entropy_rule` turns the targets and options of a cross-entropy
+into a :data:`~lossgrad._kernels.rows.RowRule`, so any loss that ends in a
+softmax cross-entropy over rows of logits (``cross_entropy`` itself, a fused
+linear + cross-entropy head) gets the loss and the gradient of each row from
+one pass over that row. The rule is plain tensor code without autograd.
+
+Each row is a target distribution ``q`` over the C classes and a class weight
+vector ``w`` (all ones without weights)::
+
+    loss = Σ_c w_c q_c (lse − z_c)            lse = log Σ_c exp z_c
+    ∂loss/∂z_j = p_j Σ_c w_c q_c − w_j q_j     p = softmax(z)
+
+For a class index ``y`` with label smoothing ``ε`` over the ``K`` classes whose
+logit is not ``-inf``, ``q_c = (1 − ε)[c = y] + ε/K``; for probability targets
+``y``, ``q_c = (1 − ε) y_c + ε/K``. Classes whose logit is ``-inf`` (masked
+classes) get no smoothing mass, probability 0 and a zero gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .rows import RowRule
+
+__all__ = ["cross_entropy_rule", "mean_denominator"]
+
+
+def mean_denominator(
+    target: Tensor, weight: Tensor | None, ignore_index: int, dtype: torch.dtype
+) -> Tensor:
+    """Return what ``reduction="mean"`` divides by, as a 0-dim tensor of ``dtype``.
+
+    Class indices (``target`` of shape ``N``): the sum of ``w[y_n]`` over the
+    rows that are not ignored, or the number of those rows without weights, as
+    PyTorch does. Probability targets (``N x C``): the number of rows, because
+    PyTorch 2.13 leaves the class weights out of the normaliser for them.
+    """
+    if target.is_floating_point():
+        return torch.full((), target.shape[0], dtype=dtype, device=target.device)
+    kept = target != ignore_index
+    if weight is None:
+        return kept.sum().to(dtype)
+    safe = torch.where(kept, target, torch.zeros_like(target))
+    return (weight.to(dtype)[safe] * kept).sum()
+
+
+def cross_entropy_rule(
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> RowRule:
+    """Build the row rule of a softmax cross-entropy.
+
+    Args:
+        target: class indices of shape ``N`` (integer dtype), or target
+            probabilities of shape ``N x C`` (floating dtype), one row per
+            row of logits.
+        weight: class weights of shape ``C``, or ``None``.
+        ignore_index: class index whose rows get loss 0 and gradient 0 (class
+            index targets only).
+        label_smoothing: ``ε`` in ``[0, 1]``.
+
+    The returned rule writes the gradient of each row's unreduced loss into
+    ``out`` and returns each row's loss; the caller applies the reduction.
+    The inputs are not validated here: class indices out of range give wrong
+    results or an indexing error.
+    """
+    if target.is_floating_point():
+        return _probability_rule(target, weight, label_smoothing)
+    return _class_index_rule(target, weight, ignore_index, label_smoothing)
+
+
+def _shift_(x: Tensor, out: Tensor) -> None:
+    """Write ``x − m`` into ``out``, ``m`` being the row maximum.
+
+    ``m`` is the symbol of the usual max-subtraction, lse = m + log Σ exp(x − m),
+    which keeps ``exp`` in range at any magnitude. A row without a finite
+    logit uses m = 0.
+    """
+    m = x.amax(dim=-1, keepdim=True)  # chunk x 1
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    torch.sub(x, m, out=out)
+
+
+def _normalise_(out: Tensor) -> Tensor:
+    """Turn ``x − m`` in ``out`` into probabilities in place; return log Σ exp(x − m).
+
+    The sum is at least 1 when the row has a finite logit (its maximum gives
+    exp 0 = 1). A row of ``-inf`` sums to 0, keeps all-zero probabilities and
+    gets 0 in place of log 0, so that no NaN appears downstream.
+    """
+    out.exp_()
+    total = out.sum(dim=-1, keepdim=True)  # chunk x 1
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    out.div_(total)
+    return total.log()
+
+
+def _smoothing_terms(
+    shifted: Tensor, finite: Tensor, w: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Return (K, Σ w_c over finite classes, Σ w_c (x_c − m) over finite classes) per row.
+
+    ``K`` is the number of finite logits of the row, at least 1 so that it
+    can divide.
+    """
+    shifted_finite = torch.where(finite, shifted, torch.zeros_like(shifted))
+    count = finite.sum(dim=-1, keepdim=True).to(shifted.dtype).clamp_(min=1)
+    if w is None:
+        return count, count, shifted_finite.sum(dim=-1, keepdim=True)
+    weight_sum = (finite.to(shifted.dtype) @ w).unsqueeze(-1)
+    return count, weight_sum, (shifted_finite @ w).unsqueeze(-1)
+
+
+def _class_index_rule(
+    target: Tensor, weight: Tensor | None, ignore_index: int, eps: float
+) -> RowRule:
+    kept_all = target != ignore_index  # N
+    safe_all = torch.where(kept_all, target, torch.zeros_like(target))
+
+    def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
+        # 1. Per-row target data: y, whether the row counts, and the target
+        #    coefficient a = (1 − ε) w_y (0 for an ignored row).
+        y = safe_all[rows].unsqueeze(-1)  # chunk x 1
+        kept = kept_all[rows].unsqueeze(-1)
+        w = None if weight is None else weight.to(x.dtype)
+        w_y = kept.to(x.dtype) if w is None else w[y] * kept
+        a = (1.0 - eps) * w_y
+
+        # 2. Shifted logits and softmax; z_y is read before out overwrites x.
+        _shift_(x, out)
+        z_y = out.gather(-1, y)  # chunk x 1, x_y − m
+        if eps > 0:
+            finite = out != float("-inf")  # chunk x C
+            count, weight_sum, shifted_sum = _smoothing_terms(out, finite, w)
+        log_total = _normalise_(out)
+
+        # 3. Loss. −log p_y = log_total − (x_y − m), which is +inf when x_y is
+        #    −inf. A zero coefficient keeps 0 · inf out of the result.
+        nll = log_total - z_y
+        loss = torch.where(a > 0, a * nll, torch.zeros_like(nll))
+        s = a  # Σ_c w_c q_c, the factor of p in the gradient
+        if eps > 0:
+            # Σ_{c finite} w_c (lse − x_c) = Σw · log_total − Σ w_c (x_c − m),
+            # two non-negative terms, so no cancellation at large logits.
+            b = (eps / count) * kept  # chunk x 1
+            loss = loss + b * (weight_sum * log_total - shifted_sum)
+            s = a + b * weight_sum
+
+        # 4. Gradient: p_j Σ_c w_c q_c − w_j q_j.
+        #    target term  (1 − ε) w_y (p_j − [j = y])
+        #    smoothing    (ε/K) (p_j Σ_{c finite} w_c − w_j [x_j finite])
+        out.mul_(s)
+        if eps > 0:
+            smooth_weight = finite.to(x.dtype) if w is None else finite * w
+            out.addcmul_(smooth_weight, b, value=-1.0)
+        out.scatter_add_(-1, y, -a)
+        # An ignored row gets exactly 0, even if its logits are NaN.
+        out.masked_fill_(~kept, 0.0)
+        return torch.where(kept, loss, torch.zeros_like(loss)).squeeze(-1)
+
+    return rule
+
+
+def _probability_rule(target: Tensor, weight: Tensor | None, eps: float) -> RowRule:
+    def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
+        # 1. Target distribution q = (1 − ε) y + ε/K on the finite classes,
+        #    times the class weights: wq (chunk x C).
+        _shift_(x, out)
+        wq = target[rows].to(x.dtype)
+        if eps > 0:
+            finite = out != float("-inf")  # chunk x C
+            count = finite.sum(dim=-1, keepdim=True).to(x.dtype).clamp_(min=1)
+            wq = (1.0 - eps) * wq + (eps / count) * finite
+        if weight is not None:
+            wq = wq * weight.to(x.dtype)
+        s = wq.sum(dim=-1, keepdim=True)  # Σ_c w_c q_c
+
+        # 2. Loss Σ_c w_c q_c (log_total − (x_c − m)); a class with w_c q_c = 0
+        #    adds 0 even where its logit is −inf.
+        weighted_shift = torch.where(wq != 0, wq * out, torch.zeros_like(wq))
+        shifted_sum = weighted_shift.sum(dim=-1, keepdim=True)
+        log_total = _normalise_(out)
+        loss = s * log_total - shifted_sum
+
+        # 3. Gradient p_j Σ_c w_c q_c − w_j q_j.
+        out.mul_(s).sub_(wq)
+        return loss.squeeze(-1)
+
+    return rule

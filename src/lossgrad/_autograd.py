@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["refuse_double_backward"]
+__all__ = ["graph_is_kept", "refuse_double_backward"]
 
 
 def refuse_double_backward(name: str) -> None:
@@ -22,3 +22,16 @@ def refuse_double_backward(name: str) -> None:
             "because the backward pass is a closed form without a graph of its own; "
             "use the torch.nn.functional loss for higher-order gradients"
         )
+
+
+def graph_is_kept() -> bool:
+    """Return whether the running backward pass keeps the graph (``retain_graph=True``).
+
+    A backward that returns tensors saved in the forward pass may scale them
+    in place, which saves a copy of each, only when the graph is freed
+    afterwards; with a kept graph a later backward would read the scaled
+    values. The answer comes from a private PyTorch function (present in
+    2.13); without it this returns True, the safe choice.
+    """
+    keeps_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keeps_graph is None else bool(keeps_graph())

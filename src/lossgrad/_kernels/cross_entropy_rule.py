@@ -83,7 +83,11 @@ def _shift_(x: Tensor, out: Tensor) -> None:
     """
     m = x.amax(dim=-1, keepdim=True)  # chunk x 1
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    torch.sub(x, m, out=out)
+    if torch._C._are_functorch_transforms_active():
+        # vmap has no batching rule for out= variants.
+        out.copy_(x).sub_(m)
+    else:
+        torch.sub(x, m, out=out)
 
 
 def _normalise_(out: Tensor) -> Tensor:
@@ -109,7 +113,7 @@ def _smoothing_terms(
     can divide.
     """
     shifted_finite = torch.where(finite, shifted, torch.zeros_like(shifted))
-    count = finite.sum(dim=-1, keepdim=True).to(shifted.dtype).clamp_(min=1)
+    count = finite.sum(dim=-1, keepdim=True).to(shifted.dtype).clamp(min=1)
     if w is None:
         return count, count, shifted_finite.sum(dim=-1, keepdim=True)
     weight_sum = (finite.to(shifted.dtype) @ w).unsqueeze(-1)
@@ -157,7 +161,7 @@ def _class_index_rule(
         out.mul_(s)
         if eps > 0:
             smooth_weight = finite.to(x.dtype) if w is None else finite * w
-            out.addcmul_(smooth_weight, b, value=-1.0)
+            out.sub_(smooth_weight.mul_(b))
         out.scatter_add_(-1, y, -a)
         # An ignored row gets exactly 0, even if its logits are NaN.
         out.masked_fill_(~kept, 0.0)
@@ -174,7 +178,7 @@ def _probability_rule(target: Tensor, weight: Tensor | None, eps: float) -> RowR
         wq = target[rows].to(x.dtype)
         if eps > 0:
             finite = out != float("-inf")  # chunk x C
-            count = finite.sum(dim=-1, keepdim=True).to(x.dtype).clamp_(min=1)
+            count = finite.sum(dim=-1, keepdim=True).to(x.dtype).clamp(min=1)
             wq = (1.0 - eps) * wq + (eps / count) * finite
         if weight is not None:
             wq = wq * weight.to(x.dtype)

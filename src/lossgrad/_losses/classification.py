@@ -94,6 +94,22 @@ def _check_broadcasts_to(name: str, tensor: Tensor | None, input: Tensor) -> Non
 # Softmax cross-entropy.
 
 
+def _batched_like_inputs(logits: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+    """Return a copy of ``logits`` that vmap batches wherever any input is batched.
+
+    The row rule writes values computed from the targets and weights into the
+    gradient buffer in place; under vmap that buffer must be batched too,
+    even when only the targets or the weights are vmapped.
+    """
+    zeros = torch.zeros_like(target, dtype=logits.dtype)
+    if not target.is_floating_point():
+        zeros = zeros.unsqueeze(-1)  # R x 1
+    logits = logits + zeros
+    if weight is not None:
+        logits = logits + torch.zeros_like(weight, dtype=logits.dtype)
+    return logits
+
+
 class _CrossEntropyFunction(torch.autograd.Function):
     """Cross-entropy over rows of logits (``R x C``), loss and gradient in one pass."""
 
@@ -102,6 +118,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(logits, target, weight, ignore_index, label_smoothing, reduction, inplace):
         compute = accumulate_dtype(logits.dtype)
+        if torch._C._are_functorch_transforms_active():
+            logits = _batched_like_inputs(logits, target, weight)
         rule = cross_entropy_rule(target, weight, ignore_index, label_smoothing)
         row_loss, grad = fused_rows(logits, rule, inplace=inplace)
         denominator = mean_denominator(target, weight, ignore_index, compute)

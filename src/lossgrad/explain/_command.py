@@ -202,7 +202,8 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
                     command=command_line(compared.name, other_values),
                     note=None,
                     steps=steps,
-                    learning_rate=parse_learning_rate(args, compared),
+                    # The same learning rate for both, so that the two descents compare.
+                    learning_rate=parse_learning_rate(args, explainer),
                 )
             )
             if not first_cases:

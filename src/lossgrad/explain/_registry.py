@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import _regression
+from . import _classification, _regression
 from ._table import Explainer
 from ._values import UsageError
 
@@ -13,6 +13,7 @@ __all__ = ["EXPLAINERS", "available", "lookup"]
 EXPLAINERS: dict[str, Explainer] = {
     explainer.name: explainer
     for explainer in (
+        *_classification.EXPLAINERS,
         *_regression.EXPLAINERS,
     )
 }

@@ -10,6 +10,7 @@ __all__ = ["format_value", "render_list", "render_report"]
 
 WIDTH = 100
 LABEL = 20
+NO_BREAK = "\u00a0"
 
 
 def format_value(value: Any) -> str:
@@ -115,7 +116,10 @@ def note_lines(note: str | None) -> list[str]:
     """Return the worked example's explanation, wrapped."""
     if not note:
         return []
-    return textwrap.wrap("What to notice: " + note, WIDTH, initial_indent="  ", subsequent_indent="  ")
+    # No-break spaces keep "p − y" on one line; textwrap splits only at ASCII whitespace.
+    text = ("What to notice: " + note).replace(" − ", NO_BREAK + "−" + NO_BREAK)
+    lines = textwrap.wrap(text, WIDTH, initial_indent="  ", subsequent_indent="  ")
+    return [line.replace(NO_BREAK, " ") for line in lines]
 
 
 def render_report(report: dict[str, Any]) -> str:

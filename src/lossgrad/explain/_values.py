@@ -97,13 +97,13 @@ def flag_of(key: str) -> str:
 
 
 def parse_number(key: str, text: str) -> float:
-    """Parse one finite or infinite number, naming the option on failure."""
+    """Parse one finite number, naming the option on failure."""
     try:
         value = float(text)
     except ValueError:
         raise UsageError(f"{flag_of(key)}: expected a number, got {text.strip()!r}") from None
-    if math.isnan(value):
-        raise UsageError(f"{flag_of(key)}: expected a number, got nan")
+    if not math.isfinite(value):
+        raise UsageError(f"{flag_of(key)}: expected a finite number, got {text.strip()!r}")
     return value
 
 

@@ -3,7 +3,7 @@
 Query ``i`` is scored against every key; key ``i`` is its positive and the
 other keys (and optional hard negatives) are its negatives. Each row of the
 similarity matrix is a cross-entropy with class index ``i``, so the rows go
-through the shared row kernel with a small rule of their own.
+through the shared row kernel with the cross-entropy rule.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed
-from .._autograd import refuse_double_backward
+from .._autograd import graph_is_kept, refuse_double_backward
 from .._checks import (
     REDUCTIONS,
     check_choice,
@@ -23,7 +23,8 @@ from .._checks import (
     should_validate_values,
 )
 from .._formula import Formula, documented
-from .._kernels.rows import RowRule, fused_rows, softmax_
+from .._kernels.cross_entropy_rule import cross_entropy_rule
+from .._kernels.rows import fused_rows
 from .._reduction import accumulate_dtype, grad_scale, reduce_loss
 
 __all__ = ["info_nce"]
@@ -35,23 +36,6 @@ SIMILARITIES = ("cosine", "dot")
 # everything instead of NaN. Its gradient is then the upstream gradient
 # divided by EPS, which is large but finite.
 EPS = 1e-8
-
-
-def _positive_index_rule(positive: Tensor) -> RowRule:
-    """Return a row rule for cross-entropy with class index ``positive[i]`` in row ``i``."""
-
-    def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
-        target = positive[rows].unsqueeze(1)  # chunk x 1
-        target_logit = x.gather(1, target).squeeze(1)  # read before out overwrites x
-        lse = softmax_(x, out)
-        # ∂ℓ/∂s_j = p_j − [j = target]. The target's entry p_t − 1 is written
-        # as −Σ_{j≠t} p_j, which keeps its relative precision when p_t ≈ 1.
-        out.scatter_(1, target, torch.zeros_like(target, dtype=out.dtype))
-        others = out.sum(dim=1, keepdim=True)  # chunk x 1
-        out.scatter_(1, target, -others)
-        return lse - target_logit
-
-    return rule
 
 
 def _normalize(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -106,14 +90,14 @@ class InfoNCEFunction(torch.autograd.Function):
         # 2. Query to key: s = q̂ᵢ · [k̂ ; ĥ]ᵀ / τ, positive at column key_offset + i.
         logits = _query_logits(q[0][query_rows], k, h) / tau  # n x (N_k + M)
         loss, grad_qk = fused_rows(
-            logits, _positive_index_rule(index + key_offset), inplace=True
+            logits, cross_entropy_rule(index + key_offset), inplace=True
         )
 
         # 3. Key to query: t = k̂ᵢ · q̂ᵀ / τ, positive at column query_offset + i.
         if symmetric:
             logits_kq = k[0][key_rows] @ q[0].T / tau  # n x N_q
             loss_kq, grad_kq = fused_rows(
-                logits_kq, _positive_index_rule(index + query_offset), inplace=True
+                logits_kq, cross_entropy_rule(index + query_offset), inplace=True
             )
             loss = 0.5 * (loss + loss_kq)
         else:
@@ -161,7 +145,10 @@ class InfoNCEFunction(torch.autograd.Function):
         #   ∂/∂k̂ⱼ = Σᵢ Gᵢⱼ q̂ᵢ / τ      ∂/∂ĥ likewise with its columns of G
         #   ∂/∂τ  = −Σᵢⱼ Gᵢⱼ sᵢⱼ / τ = −Σᵢ q̂ᵢ · (∂/∂q̂ᵢ) / τ
         # The last form needs no copy of s, which the row kernel overwrote.
-        G = grad_qk * scale  # n x (N_k + M)
+        # The saved gradients are scaled in place unless a later backward
+        # (retain_graph=True) needs them intact.
+        in_place = not graph_is_kept()
+        G = grad_qk.mul_(scale) if in_place else grad_qk * scale  # n x (N_k + M)
         G_keys = G[:, :N_k]  # n x N_k
         G_hard = G[:, N_k:]  # n x M, or n x K per query
         q_rows = q_hat[query_rows]  # n x D
@@ -187,7 +174,7 @@ class InfoNCEFunction(torch.autograd.Function):
         # Key to query, the same rules with the roles of q̂ and k̂ swapped:
         #   ∂/∂k̂ᵢ = Σⱼ G'ᵢⱼ q̂ⱼ / τ,  ∂/∂q̂ⱼ = Σᵢ G'ᵢⱼ k̂ᵢ / τ,  ∂/∂τ = −Σᵢ k̂ᵢ·(∂/∂k̂ᵢ) / τ
         if symmetric:
-            G_kq = grad_kq * scale  # n x N_q
+            G_kq = grad_kq.mul_(scale) if in_place else grad_kq * scale  # n x N_q
             k_rows = k_hat[key_rows]
             grad_k_rows = G_kq @ q_hat / tau
             grad_tau = grad_tau - (k_rows * grad_k_rows).sum() / tau

@@ -79,7 +79,10 @@ class InfoNCELoss(torch.nn.Module):
         )
 
     def extra_repr(self) -> str:
-        temperature = float(self.temperature)
+        if self.learn_temperature:
+            temperature = math.exp(self.log_temperature.item())
+        else:
+            temperature = self.fixed_temperature
         return (
             f"temperature={temperature:.4g}, learn_temperature={self.learn_temperature}, "
             f"similarity={self.similarity!r}, symmetric={self.symmetric}, "

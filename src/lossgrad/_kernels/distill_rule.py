@@ -1,0 +1,248 @@
+"""Row rules of the distillation losses for :func:`lossgrad._kernels.rows.fused_rows`.
+
+:func:`kd_rule` and :func:`js_rule` turn a teacher's logits (and optional class
+targets) into a :data:`~lossgrad._kernels.rows.RowRule` over the student's
+logits, so the loss and the gradient of each row come out of one pass. Any loss
+that compares a student softmax with a teacher softmax row by row (``kd_loss``,
+``js_div``, a fused linear head with a distillation loss) can reuse them. The
+rules are plain tensor code without autograd. Their inputs are not validated
+here: the public functions do that.
+
+Notation, per row: ``s`` student logits, ``t`` teacher logits, ``T`` the
+temperature, ``p_s = softmax(s/T)``, ``p_t = softmax(t/T)``. Every term of the
+form ``p_c · (…)`` is exactly 0 where ``p_c = 0``, even where ``(…)`` is
+infinite, which is the convention 0 · log 0 = 0 of the KL divergence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .rows import RowRule
+
+__all__ = ["js_rule", "kd_rule", "log_softmax_pair"]
+
+# Above this log-ratio d = log p_t − log p_s the JS rule takes log(p_s/M) as a
+# plain difference of logs: exp(d) would overflow float32 near d = 88, while at
+# d > 40 the ratio M/p_s is large enough that the difference loses nothing.
+_LOG_RATIO_LIMIT = 40.0
+
+
+def log_softmax_pair(x: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Return (log softmax, softmax) of each row of ``x / temperature``.
+
+    Both are new ``chunk x V`` tensors, so ``x`` may be overwritten afterwards.
+    The log-probability is formed as ``(x/T − m) − log Σ exp(x/T − m)`` with the
+    row maximum ``m``, which keeps its absolute error at rounding level for
+    logits of any magnitude. Entries equal to ``-inf`` get probability 0 and
+    log-probability ``-inf``; a row of ``-inf`` gets all zeros and all ``-inf``.
+    """
+    log_p = x / temperature if temperature != 1.0 else x.clone()
+    m = log_p.amax(dim=-1, keepdim=True)  # chunk x 1
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    log_p.sub_(m)
+    p = log_p.exp()
+    total = p.sum(dim=-1, keepdim=True)  # chunk x 1, at least 1 if a logit is finite
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    p.div_(total)
+    log_p.sub_(total.log())
+    return log_p, p
+
+
+def _weighted(p: Tensor, value: Tensor) -> Tensor:
+    """Return ``p · value`` with exactly 0 where ``p = 0``, whatever ``value`` is."""
+    return torch.where(p > 0, p * value, torch.zeros_like(p))
+
+
+def _forward_kl(log_p_t: Tensor, p_t: Tensor, log_p_s: Tensor) -> Tensor:
+    """Return KL(p_t ‖ p_s) of each row (``chunk``)."""
+    return _weighted(p_t, log_p_t - log_p_s).sum(dim=-1)
+
+
+def _counted_rows(target: Tensor | None, ignore_index: int) -> Tensor | None:
+    """Return the ``N`` mask of rows that count, or None when every row counts."""
+    return None if target is None else target != ignore_index
+
+
+def kd_rule(
+    teacher: Tensor,
+    target: Tensor | None = None,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    ignore_index: int = -100,
+) -> RowRule:
+    """Build the row rule of the distillation loss.
+
+    Args:
+        teacher: ``N x V`` teacher logits, one row per row of student logits.
+        target: ``N`` class indices, or ``None`` for the soft term alone.
+        temperature: ``T > 0``.
+        alpha: weight of the soft term in ``[0, 1]``; ignored without a target.
+        ignore_index: class index whose rows get loss 0 and gradient 0.
+
+    Per row, with a target ``y`` (``α`` = alpha)::
+
+        loss = α T² KL(p_t ‖ p_s) + (1 − α) (−log softmax(s)_y)
+        ∂loss/∂s = α T (p_s − p_t) + (1 − α) (softmax(s) − onehot(y))
+
+    and without a target ``loss = T² KL(p_t ‖ p_s)``, ``∂loss/∂s = T (p_s − p_t)``.
+    The hard term has the semantics of ``cross_entropy`` with class indices
+    and ``ignore_index``, without class weights or label smoothing.
+    """
+    counted_all = _counted_rows(target, ignore_index)
+    soft_weight = 1.0 if target is None else alpha
+    hard_weight = 0.0 if target is None else 1.0 - alpha
+    if target is not None:
+        safe_target_all = torch.where(counted_all, target, torch.zeros_like(target))
+
+    def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
+        # Every term reads x before out (which may be x) is written.
+        loss = out.new_zeros(out.shape[0])  # chunk
+        grad = None
+
+        # 1. Soft term: KL(p_t ‖ p_s) with p = softmax(·/T). Its gradient is
+        #    T² · (1/T) (p_s − p_t): the 1/T is the chain rule through s/T.
+        if soft_weight > 0:
+            log_p_s, p_s = log_softmax_pair(x, temperature)
+            log_p_t, p_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
+            loss += (soft_weight * temperature**2) * _forward_kl(log_p_t, p_t, log_p_s)
+            grad = p_s.sub_(p_t).mul_(soft_weight * temperature)  # chunk x V
+
+        # 2. Hard term: −log softmax(s)_y, gradient softmax(s) − onehot(y), at
+        #    temperature 1. It is +inf when s_y = −inf, as in cross_entropy.
+        if hard_weight > 0:
+            y = safe_target_all[rows].unsqueeze(-1)  # chunk x 1
+            log_p, p = log_softmax_pair(x)
+            loss -= hard_weight * log_p.gather(-1, y).squeeze(-1)
+            p.scatter_add_(-1, y, torch.full_like(y, -1.0, dtype=p.dtype))
+            grad = p.mul_(hard_weight) if grad is None else grad.add_(p, alpha=hard_weight)
+
+        # 3. An ignored row gets exactly 0 in loss and gradient, even where a
+        #    term above is infinite.
+        out.copy_(grad)
+        if counted_all is not None:
+            counted = counted_all[rows]  # chunk
+            loss = torch.where(counted, loss, torch.zeros_like(loss))
+            out.masked_fill_(~counted.unsqueeze(-1), 0.0)
+        return loss
+
+    return rule
+
+
+def js_rule(
+    teacher: Tensor,
+    target: Tensor | None = None,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+) -> RowRule:
+    """Build the row rule of the normalised generalised Jensen-Shannon divergence.
+
+    Args:
+        teacher: ``N x V`` teacher logits, one row per row of student logits.
+        target: ``N`` class indices, used only to drop the rows equal to
+            ``ignore_index``; ``None`` counts every row.
+        beta: ``β`` in ``[0, 1]``, the teacher's weight in the mixture.
+        temperature: ``T > 0``.
+        ignore_index: class index whose rows get loss 0 and gradient 0.
+
+    Per row, with ``M = β p_t + (1 − β) p_s`` and ``0 < β < 1``::
+
+        loss = T² (β KL(p_t ‖ M) + (1 − β) KL(p_s ‖ M)) / (β (1 − β))
+
+    which tends to ``T² KL(p_t ‖ p_s)`` as ``β → 0`` and to ``T² KL(p_s ‖ p_t)``
+    as ``β → 1``; those limits are the values at ``β = 0`` and ``β = 1``, and
+    at any ``β`` within the compute dtype's machine epsilon of an end.
+    """
+    counted_all = _counted_rows(target, ignore_index)
+
+    def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
+        log_p_s, p_s = log_softmax_pair(x, temperature)
+        log_p_t, p_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
+        # Within machine epsilon of an end, the normalised JSD differs from its
+        # limit by less than rounding, while dividing by β or 1 − β would not
+        # be safe (β may be a subnormal number), so the limit is used there.
+        eps = torch.finfo(x.dtype).eps
+        if beta < eps:
+            loss = _forward_kl(log_p_t, p_t, log_p_s)
+            # ∂/∂s of T² KL(p_t ‖ p_s) = T (p_s − p_t).
+            torch.sub(p_s, p_t, out=out)
+        elif 1.0 - beta < eps:
+            loss = _reverse_kl_(log_p_s, p_s, log_p_t, out)
+        else:
+            loss = _normalised_js_(log_p_s, p_s, log_p_t, p_t, beta, out)
+        loss = loss.mul_(temperature**2)
+        out.mul_(temperature)
+        if counted_all is not None:
+            counted = counted_all[rows]  # chunk
+            loss = torch.where(counted, loss, torch.zeros_like(loss))
+            out.masked_fill_(~counted.unsqueeze(-1), 0.0)
+        return loss
+
+    return rule
+
+
+def _softmax_backward_(p_s: Tensor, g: Tensor, out: Tensor) -> Tensor:
+    """Write ``p_s,j (g_j − Σ_i p_s,i g_i)`` into ``out``; return ``Σ_i p_s,i g_i``.
+
+    This is the chain rule through a softmax: for a loss J(p_s), g = ∂J/∂p_s
+    gives ∂J/∂z_j with p_s = softmax(z). Terms with p_s = 0 are exactly 0.
+    """
+    weighted = _weighted(p_s, g)  # chunk x V
+    total = weighted.sum(dim=-1, keepdim=True)  # chunk x 1
+    torch.addcmul(weighted, p_s, total, value=-1.0, out=out)
+    return total.squeeze(-1)
+
+
+def _reverse_kl_(log_p_s: Tensor, p_s: Tensor, log_p_t: Tensor, out: Tensor) -> Tensor:
+    """Write ∂KL(p_s ‖ p_t)/∂(s/T) into ``out``; return KL(p_s ‖ p_t) per row.
+
+    J = Σ p_s (log p_s − log p_t) gives ∂J/∂p_s,i = log p_s,i − log p_t,i + 1;
+    the constant 1 cancels in the softmax chain rule, which leaves
+    ∂J/∂z_j = p_s,j (ℓ_j − J) with ℓ = log p_s − log p_t. The value is +inf
+    (and the gradient NaN) where p_t = 0 < p_s: the divergence is infinite.
+    """
+    return _softmax_backward_(p_s, log_p_s - log_p_t, out)
+
+
+def _log_mixture_ratio(
+    d: Tensor, log_p: Tensor, log_m: Tensor, weight: float
+) -> Tensor:
+    """Return ``log(p/M) / weight`` where ``M/p = 1 + weight · expm1(d)``.
+
+    ``d`` is log(p_other/p) and ``weight`` the other distribution's share of M.
+    For moderate ``d``, ``−log1p(weight · expm1(d)) / weight`` keeps full
+    relative precision as ``weight → 0``, where log(p/M) itself tends to 0;
+    for large ``d`` the ratio is far from 1 and the difference of logs is
+    accurate. NaN where p = 0 (d undefined): callers multiply by p with
+    :func:`_weighted`.
+    """
+    small = -torch.log1p(torch.expm1(d.clamp(max=_LOG_RATIO_LIMIT)) * weight)
+    return torch.where(d <= _LOG_RATIO_LIMIT, small, log_p - log_m).div_(weight)
+
+
+def _normalised_js_(
+    log_p_s: Tensor, p_s: Tensor, log_p_t: Tensor, p_t: Tensor, beta: float, out: Tensor
+) -> Tensor:
+    """Write ∂J/∂(s/T) into ``out``; return J per row, J the normalised JSD.
+
+    J = (β KL(p_t ‖ M) + (1 − β) KL(p_s ‖ M)) / (β (1 − β)), M = β p_t + (1 − β) p_s
+      = Σ p_t ψ_t + Σ p_s ψ_s,  ψ_t = log(p_t/M) / (1 − β),  ψ_s = log(p_s/M) / β.
+    Unnormalised, ∂/∂p_s,i of β KL(p_t ‖ M) is −β(1 − β) p_t,i / M_i and of
+    (1 − β) KL(p_s ‖ M) is (1 − β)(log(p_s,i/M_i) + 1 − (1 − β) p_s,i / M_i);
+    their sum is (1 − β) log(p_s,i/M_i) because β p_t + (1 − β) p_s = M.
+    After dividing by β(1 − β), ∂J/∂p_s = ψ_s, and through the softmax
+    ∂J/∂z_j = p_s,j (ψ_s,j − Σ_i p_s,i ψ_s,i).
+    """
+    log_m = torch.logaddexp(log_p_t + math.log(beta), log_p_s + math.log1p(-beta))
+    d = log_p_t - log_p_s  # log(p_t/p_s); NaN where both are 0, masked below
+    psi_s = _log_mixture_ratio(d, log_p_s, log_m, beta)
+    psi_t = _log_mixture_ratio(d.neg_(), log_p_t, log_m, 1.0 - beta)
+    teacher_part = _weighted(p_t, psi_t).sum(dim=-1)
+    student_part = _softmax_backward_(p_s, psi_s, out)
+    return teacher_part + student_part

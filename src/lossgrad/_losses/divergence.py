@@ -1,3 +1,583 @@
-"""Placeholder: the divergence losses are being written."""
+"""Divergence losses: KL divergence, knowledge distillation and Jensen-Shannon.
 
-__all__: list[str] = []
+``kl_div`` is pointwise, like PyTorch's. ``kd_loss`` and ``js_div`` compare a
+student softmax with a teacher softmax row by row and go through the shared
+row kernel with the rules of :mod:`lossgrad._kernels.distill_rule`, which
+return each row's loss and gradient from one pass.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._autograd import refuse_double_backward
+from .._checks import (
+    REDUCTIONS_WITH_BATCHMEAN,
+    check_class_indices,
+    check_float_tensor,
+    check_in_range,
+    check_no_legacy_reduction,
+    check_positive,
+    check_reduction,
+    check_same_shape,
+    check_tensor,
+)
+from .._formula import Formula, documented
+from .._kernels.distill_rule import js_rule, kd_rule
+from .._kernels.rows import RowRule, fused_rows
+from .._reduction import accumulate_dtype, grad_scale, reduce_loss
+
+__all__ = ["js_div", "kd_loss", "kl_div"]
+
+# Reductions of the row losses. "mean" is left out because PyTorch's KL "mean"
+# divides by every element (rows × classes), which is rarely what is meant.
+ROW_REDUCTIONS = ("none", "sum", "batchmean")
+
+
+# ---------------------------------------------------------------------------
+# kl_div
+# ---------------------------------------------------------------------------
+
+
+def _target_probability(target: Tensor, log_target: bool) -> Tensor:
+    """Return the target probability ``q``: ``exp(t)`` for log targets, else ``t``."""
+    return target.exp() if log_target else target
+
+
+def _kl_pointwise(input: Tensor, target: Tensor, log_target: bool) -> Tensor:
+    """Return ``q (log q − x)`` elementwise, exactly 0 where ``q = 0``."""
+    q = _target_probability(target, log_target)
+    log_q = target if log_target else target.log()
+    # A negative q (invalid for a probability) gives NaN through log, as in PyTorch.
+    return torch.where(q == 0, torch.zeros_like(q), q * (log_q - input))
+
+
+def _kl_denominator(input: Tensor, reduction: str) -> int:
+    """Return what ``mean`` (every element) and ``batchmean`` (``input.size(0)``) divide by."""
+    if reduction == "mean":
+        return input.numel()
+    return input.shape[0] if input.dim() > 0 else 1
+
+
+class KLDivFunction(torch.autograd.Function):
+    """Pointwise KL divergence with a closed-form backward for input and target."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> Tensor:
+        out_dtype = torch.promote_types(input.dtype, target.dtype)
+        dtype = accumulate_dtype(out_dtype)
+        loss = _kl_pointwise(input.to(dtype), target.to(dtype), log_target)
+        return reduce_loss(loss, reduction, _kl_denominator(input, reduction), dtype=out_dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        input, target, reduction, log_target = inputs
+        ctx.save_for_backward(input, target)
+        ctx.reduction = reduction
+        ctx.log_target = log_target
+        ctx.denominator = _kl_denominator(input, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        refuse_double_backward("kl_div")
+        input, target = ctx.saved_tensors
+        dtype = accumulate_dtype(torch.promote_types(input.dtype, target.dtype))
+        scale = grad_scale(grad_output, ctx.reduction, ctx.denominator, dtype=dtype)
+        x, t = input.to(dtype), target.to(dtype)
+        q = _target_probability(t, ctx.log_target)
+        grad_input = grad_target = None
+
+        # ∂ℓ/∂x = −q, which is exactly 0 where q = 0.
+        if ctx.needs_input_grad[0]:
+            grad_input = (-q * scale).to(input.dtype)
+
+        # ∂ℓ/∂t = log t − x + 1                for probabilities (ℓ = t (log t − x))
+        # ∂ℓ/∂t = exp(t) (t − x + 1)           for log-probabilities (ℓ = exp(t) (t − x))
+        # Both are set to 0 where q = 0: the one-sided derivative of t log t at
+        # t = 0 is −∞, and a zero-probability target is treated as a constant 0.
+        if ctx.needs_input_grad[1]:
+            if ctx.log_target:
+                slope = q * (t - x + 1)
+            else:
+                slope = t.log() - x + 1
+            slope = torch.where(q == 0, torch.zeros_like(slope), slope)
+            grad_target = (slope * scale).to(target.dtype)
+        return grad_input, grad_target, None, None
+
+
+@documented(
+    Formula(
+        name="kl_div",
+        summary="ℓ = q (log q − x): KL divergence from log-probabilities x to target q",
+        loss=(
+            "ℓᵢ = qᵢ (log qᵢ − xᵢ),   qᵢ = tᵢ, or exp(tᵢ) when log_target\n"
+            "ℓᵢ = 0 where qᵢ = 0, whatever xᵢ is (0 · log 0 = 0, also for xᵢ = −∞)"
+        ),
+        gradient=(
+            "∂ℓᵢ/∂xᵢ = −qᵢ\n"
+            "∂ℓᵢ/∂tᵢ = log tᵢ − xᵢ + 1            (probabilities)\n"
+            "∂ℓᵢ/∂tᵢ = exp(tᵢ) (tᵢ − xᵢ + 1)      (log_target)"
+        ),
+        symbols=(
+            ("xᵢ", "input, a log-probability"),
+            ("tᵢ", "target, a probability or (log_target) a log-probability"),
+            ("qᵢ", "target probability"),
+        ),
+        subgradient="∂ℓᵢ/∂tᵢ = 0 where qᵢ = 0, where the derivative of q log q is −∞",
+    )
+)
+def kl_div(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    log_target: bool = False,
+) -> Tensor:
+    """Compute the Kullback-Leibler divergence loss, pointwise, as PyTorch does.
+
+    ``input`` contains log-probabilities (a ``log_softmax`` output), and
+    ``target`` probabilities, or log-probabilities with ``log_target=True``.
+
+    {formula}
+
+    Reductions:
+
+    - ``'none'``: the pointwise losses, with the input's shape.
+    - ``'mean'`` (default, as in PyTorch): the sum divided by the number of
+      elements, ``input.numel()``. This is the KL divergence divided by the
+      number of classes too, so it warns, as PyTorch does.
+    - ``'batchmean'``: the sum divided by ``input.size(0)``, the mean KL
+      divergence per row when rows are distributions. Use it for the
+      textbook value.
+    - ``'sum'``: the sum.
+
+    Args:
+        input: log-probabilities.
+        target: probabilities, or log-probabilities with ``log_target``; it
+            gets a gradient too when it requires grad.
+        size_average, reduce: deprecated in PyTorch; must be ``None``.
+        reduction: ``'none'``, ``'mean'``, ``'batchmean'`` or ``'sum'``.
+            Default: ``'mean'``.
+        log_target: ``target`` holds log-probabilities. Default: ``False``.
+
+    Shape:
+        - input: any shape ``(*)``, usually ``(N, C)``.
+        - target: the same shape as input.
+        - output: a scalar, or ``(*)`` for ``'none'``.
+
+        where N is the batch size and C the number of classes.
+
+    Example::
+
+        >>> log_q = torch.randn(4, 5).log_softmax(dim=-1)
+        >>> p = torch.randn(4, 5).softmax(dim=-1)
+        >>> loss = lossgrad.kl_div(log_q, p, reduction="batchmean")
+
+    Notes:
+        Differences from PyTorch 2.13: a zero target probability contributes
+        exactly 0 to the value and to both gradients, where PyTorch gives NaN
+        against an input of ``-inf``. Shapes must be equal (no
+        broadcasting), and ``'mean'`` over an empty input returns 0, not NaN.
+        A log target whose probability ``exp(t)`` underflows to 0 in the
+        compute dtype counts as a zero probability.
+    """
+    check_no_legacy_reduction(size_average, reduce)
+    check_float_tensor("input", input)
+    check_float_tensor("target", target)
+    check_same_shape(input, target)
+    reduction = check_reduction(reduction, REDUCTIONS_WITH_BATCHMEAN)
+    if not isinstance(log_target, bool):
+        raise TypeError(f"log_target: expected a bool, got {type(log_target).__name__}")
+    if reduction == "mean":
+        warnings.warn(
+            "kl_div: reduction='mean' divides the sum by every element (batch size "
+            "× number of classes); use reduction='batchmean' for the KL divergence "
+            "averaged over the rows",
+            UserWarning,
+            stacklevel=2,
+        )
+    return KLDivFunction.apply(input, target, reduction, log_target)
+
+
+# ---------------------------------------------------------------------------
+# kd_loss and js_div: row losses over a student and a teacher softmax
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RowLoss:
+    """The options of one row loss: its name, row rule, ignored index and reduction.
+
+    ``make_rule(teacher_rows, target_rows)`` builds the row rule from the
+    ``N x V`` teacher logits and the ``N`` class targets (or ``None``).
+    """
+
+    name: str
+    make_rule: Callable[[Tensor, Tensor | None], RowRule]
+    ignore_index: int
+    reduction: str
+
+
+def _as_rows(tensor: Tensor) -> Tensor:
+    """View ``(*, V)`` as ``N x V`` rows, copying only if a row is not contiguous."""
+    rows = tensor.reshape(-1, tensor.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+class DistillRowsFunction(torch.autograd.Function):
+    """A student-teacher row loss (``kd_loss``, ``js_div``) with a saved gradient.
+
+    ``forward`` returns the reduced loss, the gradient of each row's loss with
+    respect to the student logits and the number of counted rows. The last two
+    are not differentiable and only feed ``backward``. The teacher gets no
+    gradient.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(student: Tensor, teacher: Tensor, target: Tensor | None, loss: _RowLoss):
+        rows_shape = student.shape[:-1]
+        student_rows = _as_rows(student)  # N x V
+        target_rows = None if target is None else target.reshape(-1)  # N
+        rule = loss.make_rule(_as_rows(teacher), target_rows)
+        row_loss, grad = fused_rows(student_rows, rule)
+        dtype = row_loss.dtype
+        if target_rows is None:
+            count = torch.full((), student_rows.shape[0], dtype=dtype, device=student.device)
+        else:
+            count = (target_rows != loss.ignore_index).sum().to(dtype)
+        value = reduce_loss(row_loss.reshape(rows_shape), loss.reduction, count, dtype=student.dtype)
+        return value, grad, count
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        student, _, _, loss = inputs
+        _, grad, count = output
+        ctx.mark_non_differentiable(grad, count)
+        ctx.save_for_backward(grad, count)
+        ctx.loss = loss
+        ctx.student_shape = student.shape
+
+    @staticmethod
+    def backward(ctx, grad_value: Tensor, _grad_rows: Tensor, _grad_count: Tensor):
+        refuse_double_backward(ctx.loss.name)
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        grad, count = ctx.saved_tensors
+        # The saved gradient is that of each row's unreduced loss. The
+        # reduction divides it by the counted rows (batchmean), or scales each
+        # row by its own upstream gradient (none).
+        dtype = accumulate_dtype(grad.dtype)
+        scale = grad_scale(grad_value, ctx.loss.reduction, count, dtype=dtype)
+        if ctx.loss.reduction == "none":
+            scale = scale.reshape(-1, 1)
+        grad_student = (grad.to(dtype) * scale).to(grad.dtype)
+        return grad_student.reshape(ctx.student_shape), None, None, None
+
+
+
+def check_row_reduction(name: str, reduction: object) -> str:
+    """Raise ValueError unless ``reduction`` is 'none', 'sum' or 'batchmean'."""
+    if reduction == "mean":
+        raise ValueError(
+            f"reduction: {name} does not support 'mean', which in PyTorch's kl_div "
+            "divides by every element (rows × classes); use 'batchmean' for the "
+            "mean over the counted rows, or 'sum' or 'none'"
+        )
+    return check_reduction(reduction, ROW_REDUCTIONS)
+
+
+def _check_student_teacher(student: Tensor, teacher: Tensor) -> None:
+    """Raise unless both are floating logits of one shape ``(*, C)`` with C ≥ 1."""
+    check_float_tensor("student_logits", student)
+    check_float_tensor("teacher_logits", teacher)
+    if student.dim() == 0 or student.shape[-1] == 0:
+        raise ValueError(
+            "student_logits: expected shape (*, C) with at least one class, "
+            f"got {tuple(student.shape)}"
+        )
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"teacher_logits: expected the shape of student_logits "
+            f"{tuple(student.shape)}, got {tuple(teacher.shape)}"
+        )
+
+
+def _check_ignore_index(ignore_index: object) -> int:
+    """Raise TypeError unless ``ignore_index`` is a Python integer."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(
+            f"ignore_index: expected an int, got {type(ignore_index).__name__}"
+        )
+    return ignore_index
+
+
+def _check_row_target(target: object, student: Tensor) -> Tensor:
+    """Raise unless ``target`` is an integer tensor with the row shape of ``student``."""
+    target = check_tensor("target", target)
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target: expected integer class indices (torch.long), got dtype {target.dtype}"
+        )
+    if target.shape != student.shape[:-1]:
+        raise ValueError(
+            f"target: expected shape {tuple(student.shape[:-1])} (student_logits "
+            f"{tuple(student.shape)} without its class dimension), got {tuple(target.shape)}"
+        )
+    return target
+
+
+@documented(
+    Formula(
+        name="kd_loss",
+        summary="ℓ = α T² KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α) CE(s, y)",
+        loss=(
+            "ℓ = α T² Σⱼ pᵗⱼ (log pᵗⱼ − log pˢⱼ) + (1 − α) (−log softmax(s)ᵧ)\n"
+            "ℓ = T² Σⱼ pᵗⱼ (log pᵗⱼ − log pˢⱼ)        without a target (α is not used)\n"
+            "ℓ = 0 for a row whose target is ignore_index; pᵗⱼ = 0 adds 0"
+        ),
+        gradient=(
+            "∂ℓ/∂sⱼ = α T (pˢⱼ − pᵗⱼ) + (1 − α) (softmax(s)ⱼ − [j = y])\n"
+            "∂ℓ/∂sⱼ = T (pˢⱼ − pᵗⱼ)                  without a target\n"
+            "∂ℓ/∂t = 0: the teacher is a constant"
+        ),
+        symbols=(
+            ("s, t", "student and teacher logits of one row"),
+            ("pˢ, pᵗ", "softmax(s/T) and softmax(t/T)"),
+            ("T", "temperature; T² keeps the soft gradient's scale independent of T"),
+            ("α", "alpha, the weight of the soft term"),
+            ("y", "the row's class index"),
+        ),
+    )
+)
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor | None = None,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+) -> Tensor:
+    """Compute the knowledge-distillation loss of Hinton et al. (2015), fused.
+
+    The soft term is the KL divergence from the teacher's softened
+    distribution to the student's, times ``T²`` so that its gradient keeps
+    its size when the temperature changes. With a target it is mixed with
+    the cross-entropy of the student on the hard labels, which has the
+    semantics of :func:`lossgrad.cross_entropy` with class indices and
+    ``ignore_index``. Each row's loss and gradient come from one pass.
+
+    {formula}
+
+    Reductions (a row is every position of the leading dimensions):
+
+    - ``'batchmean'`` (default): the sum divided by the number of counted
+      rows, those whose target is not ``ignore_index`` (every row without
+      a target). When no row counts the result is 0 with a zero gradient.
+    - ``'sum'``: the sum over the rows.
+    - ``'none'``: the loss of each row, with the leading shape of the
+      logits; ignored rows hold 0.
+
+    ``'mean'`` raises ValueError, because PyTorch's KL ``'mean'`` divides by
+    every element (rows × classes) and would be a different loss.
+
+    Args:
+        student_logits: the student's logits; the only input with a gradient.
+        teacher_logits: the teacher's logits. They are detached: no gradient
+            flows to them, and their ``.grad`` stays ``None`` even when they
+            require grad.
+        target: class indices for the hard term, or ``None`` for the soft
+            term alone (then ``alpha`` is not used and the loss is
+            ``T² KL``). Default: ``None``.
+        temperature: ``T > 0``, the softmax temperature of the soft term.
+            The hard term always uses temperature 1. Default: ``4.0``.
+        alpha: weight of the soft term in ``[0, 1]``; the hard term gets
+            ``1 − alpha``. Default: ``0.9``.
+        ignore_index: rows whose target equals it drop out of both terms and
+            of the ``'batchmean'`` count. Default: ``-100``.
+        reduction: ``'batchmean'``, ``'sum'`` or ``'none'``.
+            Default: ``'batchmean'``.
+
+    Shape:
+        - student_logits: ``(N, C)`` or ``(B, T, C)``; generally ``(*, C)``.
+        - teacher_logits: the same shape as student_logits.
+        - target: ``(N)`` or ``(B, T)``, the shape without the last dimension.
+        - output: a scalar, or the shape of target for ``'none'``.
+
+        where N is the batch size, B the batch size and T the sequence length
+        of a sequence model, and C the number of classes.
+
+    Example::
+
+        >>> student = torch.randn(8, 10, requires_grad=True)
+        >>> teacher = torch.randn(8, 10)
+        >>> target = torch.randint(10, (8,))
+        >>> loss = lossgrad.kd_loss(student, teacher, target, temperature=2.0)
+        >>> loss.backward()
+
+    Notes:
+        The computation runs in float32 for float16, bfloat16 and float32
+        logits and in float64 for float64 logits. A student logit of
+        ``-inf`` (a masked class) where the teacher probability is 0 adds 0
+        to the loss and gets gradient 0; where the teacher probability is
+        positive the loss is ``+inf``. Class indices are range-checked on
+        CPU only, because the check reads the values.
+    """
+    _check_student_teacher(student_logits, teacher_logits)
+    temperature = check_positive("temperature", temperature)
+    alpha = check_in_range("alpha", alpha, 0.0, 1.0)
+    ignore_index = _check_ignore_index(ignore_index)
+    reduction = check_row_reduction("kd_loss", reduction)
+    if target is not None:
+        target = _check_row_target(target, student_logits)
+        check_class_indices(target, student_logits.shape[-1], ignore_index)
+
+    def make_rule(teacher_rows: Tensor, target_rows: Tensor | None) -> RowRule:
+        return kd_rule(
+            teacher_rows,
+            target_rows,
+            temperature=temperature,
+            alpha=alpha,
+            ignore_index=ignore_index,
+        )
+
+    loss = _RowLoss("kd_loss", make_rule, ignore_index, reduction)
+    value, _, _ = DistillRowsFunction.apply(
+        student_logits, teacher_logits.detach(), target, loss
+    )
+    return value
+
+
+@documented(
+    Formula(
+        name="js_div",
+        summary="ℓ = T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)) / (β (1 − β)), M = β pᵗ + (1 − β) pˢ",
+        loss=(
+            "M = β pᵗ + (1 − β) pˢ\n"
+            "ℓ = T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)) / (β (1 − β))    0 < β < 1\n"
+            "ℓ = T² KL(pᵗ ‖ pˢ)    β = 0 (forward KL, the limit as β → 0)\n"
+            "ℓ = T² KL(pˢ ‖ pᵗ)    β = 1 (reverse KL, the limit as β → 1)\n"
+            "ℓ = 0 for a row whose target is ignore_index; a zero probability adds 0"
+        ),
+        gradient=(
+            "∂ℓ/∂sⱼ = T pˢⱼ (ψⱼ − Σᵢ pˢᵢ ψᵢ),   ψⱼ = log(pˢⱼ / Mⱼ) / β    0 < β < 1\n"
+            "∂ℓ/∂sⱼ = T (pˢⱼ − pᵗⱼ)                                      β = 0\n"
+            "∂ℓ/∂sⱼ = T pˢⱼ (ψⱼ − Σᵢ pˢᵢ ψᵢ),   ψⱼ = log(pˢⱼ / pᵗⱼ)      β = 1\n"
+            "∂ℓ/∂t = 0: the teacher is a constant"
+        ),
+        symbols=(
+            ("s, t", "student and teacher logits of one row"),
+            ("pˢ, pᵗ", "softmax(s/T) and softmax(t/T)"),
+            ("T", "temperature"),
+            ("β", "beta, the teacher's weight in the mixture M"),
+        ),
+    )
+)
+def js_div(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor | None = None,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+) -> Tensor:
+    """Compute the generalised Jensen-Shannon divergence between student and teacher.
+
+    The divergence of each distribution from their mixture ``M``, weighted by
+    ``β``, is divided by ``β (1 − β)``. That makes the loss continuous in
+    ``β`` on ``[0, 1]``: it tends to the forward KL divergence
+    ``KL(pᵗ ‖ pˢ)`` as ``β → 0`` and to the reverse one ``KL(pˢ ‖ pᵗ)`` as
+    ``β → 1``, which are its values at ``β = 0`` and ``β = 1``. Each row's
+    loss and gradient come from one pass.
+
+    {formula}
+
+    Reductions (a row is every position of the leading dimensions):
+
+    - ``'batchmean'`` (default): the sum divided by the number of counted
+      rows, those whose target is not ``ignore_index`` (every row without
+      a target). When no row counts the result is 0 with a zero gradient.
+    - ``'sum'``: the sum over the rows.
+    - ``'none'``: the loss of each row, with the leading shape of the
+      logits; ignored rows hold 0.
+
+    ``'mean'`` raises ValueError, as in :func:`kd_loss`.
+
+    Args:
+        student_logits: the student's logits; the only input with a gradient.
+        teacher_logits: the teacher's logits. They are detached: no gradient
+            flows to them, and their ``.grad`` stays ``None``.
+        target: class indices, used only to drop the rows whose target is
+            ``ignore_index``. No hard-label term is added, and the other
+            values are neither used nor range-checked. Default: ``None``
+            (every row counts).
+        beta: ``β`` in ``[0, 1]``, the teacher's weight in the mixture.
+            Default: ``0.5``.
+        temperature: ``T > 0``, the softmax temperature of both
+            distributions; the loss is scaled by ``T²``. Default: ``1.0``.
+        ignore_index: rows whose target equals it drop out. Default: ``-100``.
+        reduction: ``'batchmean'``, ``'sum'`` or ``'none'``.
+            Default: ``'batchmean'``.
+
+    Shape:
+        - student_logits: ``(N, C)`` or ``(B, T, C)``; generally ``(*, C)``.
+        - teacher_logits: the same shape as student_logits.
+        - target: ``(N)`` or ``(B, T)``, the shape without the last dimension.
+        - output: a scalar, or the shape of target for ``'none'``.
+
+        where N is the batch size, B the batch size and T the sequence length
+        of a sequence model, and C the number of classes.
+
+    Example::
+
+        >>> student = torch.randn(8, 10, requires_grad=True)
+        >>> teacher = torch.randn(8, 10)
+        >>> loss = lossgrad.js_div(student, teacher, beta=0.5)
+        >>> loss.backward()
+
+    Notes:
+        Without the division by ``β (1 − β)`` (the form used in generalised
+        knowledge distillation, GKD) the loss tends to 0 at both ends of
+        ``β``, so that form jumps to the KL values at ``β = 0`` and ``1``.
+        At ``β = 0.5`` this loss is 4 times that form. Near the ends each
+        log-ratio is computed with ``log1p`` and ``expm1``, so the value
+        stays accurate for ``β`` as small as ``1e-12``.
+        For ``β = 1`` the loss is ``+inf`` (and the gradient NaN) where the
+        teacher probability is 0 and the student's is not. The computation
+        runs in float32 for half and float32 logits, float64 for float64.
+    """
+    _check_student_teacher(student_logits, teacher_logits)
+    beta = check_in_range("beta", beta, 0.0, 1.0)
+    temperature = check_positive("temperature", temperature)
+    ignore_index = _check_ignore_index(ignore_index)
+    reduction = check_row_reduction("js_div", reduction)
+    if target is not None:
+        target = _check_row_target(target, student_logits)
+
+    def make_rule(teacher_rows: Tensor, target_rows: Tensor | None) -> RowRule:
+        return js_rule(
+            teacher_rows,
+            target_rows,
+            beta=beta,
+            temperature=temperature,
+            ignore_index=ignore_index,
+        )
+
+    loss = _RowLoss("js_div", make_rule, ignore_index, reduction)
+    value, _, _ = DistillRowsFunction.apply(
+        student_logits, teacher_logits.detach(), target, loss
+    )
+    return value

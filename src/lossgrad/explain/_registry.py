@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import _classification, _regression
+from . import _classification, _divergence, _regression
 from ._table import Explainer
 from ._values import UsageError
 
@@ -14,6 +14,7 @@ EXPLAINERS: dict[str, Explainer] = {
     explainer.name: explainer
     for explainer in (
         *_classification.EXPLAINERS,
+        *_divergence.EXPLAINERS,
         *_regression.EXPLAINERS,
     )
 }

@@ -9,7 +9,7 @@ from typing import Any
 __all__ = ["format_value", "render_list", "render_report"]
 
 WIDTH = 100
-LABEL = 20
+LABEL = 24
 NO_BREAK = "\u00a0"
 
 

@@ -333,9 +333,9 @@ def info_nce(
     Args:
         query: query embeddings, shape ``(N, D)``.
         key: key embeddings, shape ``(N, D)``. Key ``i`` is query ``i``'s positive.
-        temperature: ``τ > 0`` that divides every similarity; a float, or a
-            one-element tensor, which then receives the gradient ``∂ℓ/∂τ``
-            (learn ``log τ`` and pass ``exp`` of it to keep ``τ`` positive).
+        temperature: ``τ > 0``, which divides every similarity. A float, or a
+            one-element tensor, which then receives the gradient ``∂ℓ/∂τ``. To
+            keep a learned ``τ`` positive, learn ``log τ`` and pass its ``exp``.
             Default: ``0.07``.
         similarity: ``'cosine'`` (embeddings divided by ``max(|x|, 1e-8)``
             inside, so a zero vector scores 0 instead of NaN) or ``'dot'``.
@@ -400,8 +400,8 @@ def info_nce(
             symmetric, similarity == "cosine", reduction, float(n),
         )[0]
 
-    # Under gather the Function sees the global tensors; the gathers' backward
-    # passes hand each rank the summed gradient of its own rows.
+    # With gather=True the Function receives the global tensors. The backward
+    # of each gather returns to each rank the summed gradient of its own rows.
     distributed.require_process_group("gather")
     D = query.shape[1]
     if symmetric:

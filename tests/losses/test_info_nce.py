@@ -175,6 +175,21 @@ def test_retain_graph_gives_same_grads_twice():
         assert_close(b, a, f"second grad {name}", kind="grad")
 
 
+def test_vmap_of_grad_matches_loop():
+    generator = torch.Generator().manual_seed(13)
+    query = torch.randn(3, 5, 4, generator=generator, dtype=torch.float64)
+    key = torch.randn(3, 5, 4, generator=generator, dtype=torch.float64)
+
+    def loss(query, key):
+        return lossgrad.info_nce(query, key, temperature=0.2, symmetric=True)
+
+    batched = torch.func.vmap(torch.func.grad(loss))(query, key)
+    for index in range(3):
+        single = query[index].clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(loss(single, key[index]), [single])
+        assert_close(batched[index], expected, f"vmap grad {index}", kind="grad")
+
+
 def test_temperature_shape_and_dtype_kept():
     query, key, _ = make_inputs(3, 2, None)
     temperature = torch.tensor([0.5], dtype=torch.float32, requires_grad=True)

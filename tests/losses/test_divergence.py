@@ -510,15 +510,42 @@ def test_kd_loss_func_grad_matches_autograd():
     assert_close(functional, expected, "torch.func.grad", kind="grad")
 
 
-def test_kd_loss_vmap_matches_loop():
-    student = randn(4, 3, 5, seed=30, requires_grad=False)
-    teacher = randn(4, 3, 5, seed=31, requires_grad=False)
+@pytest.mark.parametrize("loss_name, weight", [("kd_loss", 0.5), ("js_div", 0.0), ("js_div", 0.5)])
+@pytest.mark.parametrize("in_dims", [(0, 0, 0), (0, None, None), (None, 0, None), (None, None, 0)])
+def test_row_losses_vmap_matches_loop(loss_name, weight, in_dims):
+    """vmap over any subset of student, teacher and target, for the loss and torch.func.grad."""
+    B = 4
+    student = randn(B, 3, 5, seed=30, requires_grad=False)
+    teacher = randn(B, 3, 5, seed=31, requires_grad=False)
+    target = random_target((B, 3), 5, seed=32, ignored=(4,))
+    key = "alpha" if loss_name == "kd_loss" else "beta"
 
-    def loss(s, t):
-        return lossgrad.kd_loss(s, t, temperature=2.0)
+    def loss(s, t, y):
+        return getattr(lossgrad, loss_name)(s, t, y, temperature=2.0, **{key: weight})
 
-    batched = torch.vmap(loss)(student, teacher)
-    looped = torch.stack([loss(s, t) for s, t in zip(student, teacher)])
+    inputs = [x if dim == 0 else x[0] for x, dim in zip((student, teacher, target), in_dims)]
+
+    def looped(function):
+        return torch.stack([
+            function(*[x[i] if dim == 0 else x for x, dim in zip(inputs, in_dims)])
+            for i in range(B)
+        ])
+
+    batched = torch.vmap(loss, in_dims=in_dims)(*inputs)
+    assert_close(batched, looped(loss), "vmap loss")
+    batched_grad = torch.vmap(torch.func.grad(loss), in_dims=in_dims)(*inputs)
+    assert_close(batched_grad, looped(torch.func.grad(loss)), "vmap grad", kind="grad")
+
+
+def test_kl_div_vmap_matches_loop():
+    input = log_probabilities(4, 3, 5, seed=33)
+    target = log_probabilities(4, 3, 5, seed=34).exp()
+
+    def loss(x, t):
+        return lossgrad.kl_div(x, t, reduction="batchmean")
+
+    batched = torch.vmap(loss)(input, target)
+    looped = torch.stack([loss(x, t) for x, t in zip(input, target)])
     assert_close(batched, looped, "vmap")
 
 

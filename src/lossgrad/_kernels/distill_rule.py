@@ -100,7 +100,8 @@ def kd_rule(
         safe_target_all = torch.where(counted_all, target, torch.zeros_like(target))
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
-        # Every term reads x before out (which may be x) is written.
+        # Every term reads x before out (which may be x) is written. The loss
+        # is summed out of place, which vmap needs when only some inputs are batched.
         loss = out.new_zeros(out.shape[0])  # chunk
         grad = None
 
@@ -109,7 +110,7 @@ def kd_rule(
         if soft_weight > 0:
             log_p_s, p_s = log_softmax_pair(x, temperature)
             log_p_t, p_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
-            loss += (soft_weight * temperature**2) * _forward_kl(log_p_t, p_t, log_p_s)
+            loss = loss + (soft_weight * temperature**2) * _forward_kl(log_p_t, p_t, log_p_s)
             grad = p_s.sub_(p_t).mul_(soft_weight * temperature)  # chunk x V
 
         # 2. Hard term: −log softmax(s)_y, gradient softmax(s) − onehot(y), at
@@ -117,7 +118,7 @@ def kd_rule(
         if hard_weight > 0:
             y = safe_target_all[rows].unsqueeze(-1)  # chunk x 1
             log_p, p = log_softmax_pair(x)
-            loss -= hard_weight * log_p.gather(-1, y).squeeze(-1)
+            loss = loss - hard_weight * log_p.gather(-1, y).squeeze(-1)
             p.scatter_add_(-1, y, torch.full_like(y, -1.0, dtype=p.dtype))
             grad = p.mul_(hard_weight) if grad is None else grad.add_(p, alpha=hard_weight)
 
@@ -171,7 +172,7 @@ def js_rule(
         if beta < eps:
             loss = _forward_kl(log_p_t, p_t, log_p_s)
             # ∂/∂s of T² KL(p_t ‖ p_s) = T (p_s − p_t).
-            torch.sub(p_s, p_t, out=out)
+            out.copy_(p_s.sub_(p_t))
         elif 1.0 - beta < eps:
             loss = _reverse_kl_(log_p_s, p_s, log_p_t, out)
         else:
@@ -195,7 +196,7 @@ def _softmax_backward_(p_s: Tensor, g: Tensor, out: Tensor) -> Tensor:
     """
     weighted = _weighted(p_s, g)  # chunk x V
     total = weighted.sum(dim=-1, keepdim=True)  # chunk x 1
-    torch.addcmul(weighted, p_s, total, value=-1.0, out=out)
+    out.copy_(weighted.sub_(p_s * total))
     return total.squeeze(-1)
 
 

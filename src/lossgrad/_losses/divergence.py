@@ -232,6 +232,19 @@ def _as_rows(tensor: Tensor) -> Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
+def _batched_like(student: Tensor, teacher: Tensor, target: Tensor | None) -> Tensor:
+    """Return a copy of ``student`` that vmap batches wherever any input is batched.
+
+    The row rule writes values computed from the teacher and the targets into
+    the gradient buffer in place. Under vmap that buffer, made like the student
+    logits, must be batched even when only the teacher or the targets are.
+    """
+    student = student + torch.zeros_like(teacher)
+    if target is not None:
+        student = student + torch.zeros_like(target, dtype=student.dtype).unsqueeze(-1)
+    return student
+
+
 class DistillRowsFunction(torch.autograd.Function):
     """A student-teacher row loss (``kd_loss``, ``js_div``) with a saved gradient.
 
@@ -247,8 +260,11 @@ class DistillRowsFunction(torch.autograd.Function):
     def forward(student: Tensor, teacher: Tensor, target: Tensor | None, loss: _RowLoss):
         rows_shape = student.shape[:-1]
         student_rows = _as_rows(student)  # N x V
+        teacher_rows = _as_rows(teacher)
         target_rows = None if target is None else target.reshape(-1)  # N
-        rule = loss.make_rule(_as_rows(teacher), target_rows)
+        if torch._C._are_functorch_transforms_active():
+            student_rows = _batched_like(student_rows, teacher_rows, target_rows)
+        rule = loss.make_rule(teacher_rows, target_rows)
         row_loss, grad = fused_rows(student_rows, rule)
         dtype = row_loss.dtype
         if target_rows is None:

@@ -103,7 +103,10 @@ def test_vjp_skips_unneeded_inputs(distance):
     assert grad_x2 is not None
 
 
-@pytest.mark.parametrize("distance", (Euclidean(), SquaredEuclidean(), PNorm(3.0), Cosine()), ids=repr)
+SYMMETRIC = (Euclidean(), SquaredEuclidean(), PNorm(3.0), Cosine())
+
+
+@pytest.mark.parametrize("distance", SYMMETRIC, ids=repr)
 def test_distance_is_symmetric(distance):
     x1 = torch.randn(6, 3, dtype=torch.float64)
     x2 = torch.randn(6, 3, dtype=torch.float64)

@@ -46,7 +46,7 @@ def ones_and_zeros(x: Tensor) -> Tensor:
 def scores(x: Tensor) -> Tensor:
     """Return target similarities spread over [−0.9, 0.9], one per row of ``x``.
 
-    They are rounded to bfloat16 so that every floating dtype holds them exactly.
+    They are rounded to bfloat16, so every floating dtype represents them exactly.
     """
     count = math.prod(x.shape[:-1])
     spread = torch.linspace(-0.9, 0.9, count, dtype=torch.float64).to(torch.bfloat16)
@@ -127,7 +127,12 @@ def negative_pair_case(distance: str) -> Case:
         return reduce((margin(xs) - d).clamp_min(0), reduction)
 
     return Case(
-        f"negative_pair_{distance}", 2, call, reference, False, lambda dim: typical_distance(distance, dim)
+        f"negative_pair_{distance}",
+        2,
+        call,
+        reference,
+        False,
+        lambda dim: typical_distance(distance, dim),
     )
 
 
@@ -215,7 +220,12 @@ def triplet_distance_case(distance: str, swap: bool) -> Case:
 
     suffix = "_swap" if swap else ""
     return Case(
-        f"triplet_{distance}{suffix}", 3, call, reference, False, lambda dim: typical_distance(distance, dim)
+        f"triplet_{distance}{suffix}",
+        3,
+        call,
+        reference,
+        False,
+        lambda dim: typical_distance(distance, dim),
     )
 
 
@@ -264,7 +274,7 @@ def test_matches_reference(case, dtype, reduction, shape):
         grad_output = torch.randn(loss.shape, dtype=torch.float64, generator=generator)
 
     # A hinge such as margin − d cancels, so its rounding error is relative to
-    # the size of d, not of the loss; the absolute tolerance scales with it.
+    # the size of d rather than of the loss. The absolute tolerance scales with d.
     rtol, atol = TOLERANCES[dtype]["value"]
     atol = max(atol, rtol * case.scale(shape[-1]))
     if reduction == "sum":
@@ -275,7 +285,8 @@ def test_matches_reference(case, dtype, reduction, shape):
         expected, theirs, None if grad_output is None else grad_output.to(reference_dtype)
     )
     for index, (grad, expected_grad) in enumerate(zip(grads, expected_grads)):
-        assert_close(grad, expected_grad.to(dtype), f"grad of input {index}", kind="grad", dtype=dtype)
+        name = f"grad of input {index}"
+        assert_close(grad, expected_grad.to(dtype), name, kind="grad", dtype=dtype)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -297,7 +308,8 @@ def test_half_dtypes_compute_in_float32(case, dtype):
 
     assert loss.dtype == dtype
     assert_close(loss, expected.to(dtype), "loss", rtol=0, atol=0)
-    for index, (grad, expected_grad) in enumerate(zip(grads_of(loss, half), grads_of(expected, single))):
+    expected_grads = grads_of(expected, single)
+    for index, (grad, expected_grad) in enumerate(zip(grads_of(loss, half), expected_grads)):
         assert_close(grad, expected_grad.to(dtype), f"grad of input {index}", rtol=0, atol=0)
 
 
@@ -383,8 +395,8 @@ def test_cosine_similarity_zero_vector_r07():
 def test_coincident_points_zero_gradient_r08():
     """R08: coincident points have euclidean distance 0 and the subgradient 0.
 
-    A similar pair at distance 0 pays nothing; a dissimilar pair pays the
-    margin but, with no direction to move apart, gets the gradient 0 too.
+    A similar pair at distance 0 pays nothing. A dissimilar pair pays the
+    margin, but it has no direction to move apart, so its gradient is 0 too.
     """
     case = reported_case("R08")
     a = as_tensor(case["inputs"]["a"]).requires_grad_(True)
@@ -394,7 +406,8 @@ def test_coincident_points_zero_gradient_r08():
     similar = lossgrad.contrastive_loss(a, p, torch.ones(1))
     dissimilar = lossgrad.negative_pair_loss(a, p, margin=1.0)
 
-    assert_close(similar, torch.tensor(case["expected"]["distance"], dtype=torch.float64), "similar")
+    expected_distance = torch.tensor(case["expected"]["distance"], dtype=torch.float64)
+    assert_close(similar, expected_distance, "similar")
     assert_close(dissimilar, torch.tensor(1.0, dtype=torch.float64), "dissimilar")
     for name, loss in (("similar", similar), ("dissimilar", dissimilar)):
         grad_a, grad_p = grads_of(loss, [a, p])

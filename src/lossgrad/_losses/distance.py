@@ -86,6 +86,8 @@ class Euclidean(Distance):
     no shift are needed. ``torch.nn.functional.pairwise_distance`` instead
     computes ``‖x1 − x2 + eps‖`` (eps = 1e-6 by default), which is never 0 and
     whose gradient at coincident points points along the all-ones direction.
+    In float32 a difference below about 1e-23 squares to 0, so such rows get
+    ``d = 0`` and the subgradient 0 as well.
     """
 
     name: ClassVar[str] = "euclidean"
@@ -159,8 +161,9 @@ class Cosine(Distance):
     ``cos`` is then clamped into ``[−1, 1]``, which only removes rounding
     error. Where a norm is below ``eps`` the clamped norm is the constant
     ``eps``, so its derivative is 0. PyTorch instead keeps the derivative of
-    the unclamped norm there, which is not the derivative of the value it
-    returns; the two agree whenever both norms are at least ``eps``.
+    the unclamped norm there, although the value it returns does not depend
+    on that norm. The two gradients agree whenever both norms are at least
+    ``eps``.
     """
 
     eps: float = COSINE_EPS
@@ -174,7 +177,7 @@ class Cosine(Distance):
         """Return the clamped cosine similarity ``cos`` in ``[−1, 1]``."""
         _, c1 = self._clamped_norms(x1)
         _, c2 = self._clamped_norms(x2)
-        return (_dot(x1, x2) / (c1 * c2)).clamp(-1, 1)
+        return (_dot(x1, x2) / c1 / c2).clamp(-1, 1)
 
     def similarity_vjp(
         self,
@@ -191,17 +194,18 @@ class Cosine(Distance):
         #   ∂cos/∂x1 = x2/(c1 c2) − cos · x1 · k1,
         #   k1 = 1/‖x1‖² where ‖x1‖ ≥ eps, and 0 where the clamped norm is constant;
         # the same with 1 and 2 swapped. Where the clamp into [−1, 1] is active
-        # the gradient is 0 (the true gradient of parallel vectors is 0 too).
-        raw = _dot(x1, x2) / (c1 * c2)
+        # the gradient is 0, and so is the exact gradient of parallel vectors.
+        # Dividing by c1 and c2 one at a time keeps a small eps from underflowing.
+        raw = _dot(x1, x2) / c1 / c2
         inside = (raw >= -1) & (raw <= 1)
         grad = torch.where(inside, grad_cos, 0)
-        shared = grad / (c1 * c2)
+        shared = grad / c1 / c2
         grad_x1 = grad_x2 = None
         if needs[0]:
-            k1 = torch.where(n1 >= self.eps, 1 / (c1 * c1), 0)
+            k1 = torch.where(n1 >= self.eps, 1 / c1 / c1, 0)
             grad_x1 = _per_row(shared) * x2 - _per_row(grad * cos * k1) * x1
         if needs[1]:
-            k2 = torch.where(n2 >= self.eps, 1 / (c2 * c2), 0)
+            k2 = torch.where(n2 >= self.eps, 1 / c2 / c2, 0)
             grad_x2 = _per_row(shared) * x1 - _per_row(grad * cos * k2) * x2
         return grad_x1, grad_x2
 

@@ -80,7 +80,7 @@ def _check_rows(tensors: dict[str, object]) -> list[Tensor]:
 def _check_row_labels(
     name: str, target: object, rows: Tensor, labels: tuple[float, ...], first: str
 ) -> Tensor:
-    """Check that ``target`` holds one label from ``labels`` per row of ``rows``."""
+    """Check that ``target`` contains one label from ``labels`` per row of ``rows``."""
     tensor = check_tensor(name, target)
     if tensor.is_complex():
         raise TypeError(f"{name}: expected a real tensor, got dtype {tensor.dtype}")
@@ -212,7 +212,9 @@ def cosine_embedding_loss(
 
     Differences from ``torch.nn.functional.cosine_embedding_loss``: the
     cosine is PyTorch's own (ε on the squared norms, no clamp into
-    [−1, 1]), so values and gradients agree with it. A label other than 1 or
+    [−1, 1]), so values and gradients agree with it, except that a pair
+    labelled −1 with cos = margin exactly gets the gradient 0 where PyTorch
+    passes the gradient of cos − margin. A label other than 1 or
     −1 raises ValueError on CPU, where PyTorch silently gives it loss 0; on
     other devices the check is skipped and such a pair contributes 0.
     float16 and bfloat16 inputs are computed in float32. This cosine differs
@@ -314,9 +316,9 @@ def cosine_similarity_loss(
 
     {formula}
 
-    Without ``score`` the gradient is the gradient of the objective −cos;
-    with it, this is the cosine regression loss of sentence-embedding
-    training (a score per pair, often rescaled to [−1, 1]).
+    Without ``score`` the gradient is the gradient of the objective −cos.
+    With a score per pair (often a similarity rating rescaled to [−1, 1]),
+    this is the cosine regression loss of sentence-embedding training.
 
     Reductions: ``'none'`` returns ℓ per pair, ``'sum'`` the sum, ``'mean'``
     the sum divided by the number of pairs N.
@@ -605,7 +607,9 @@ class TripletMarginFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(anchor, positive, negative, distance: Distance, margin: float, swap: bool, reduction: str):
+    def forward(
+        anchor, positive, negative, distance: Distance, margin: float, swap: bool, reduction: str
+    ):
         acc = accumulate_dtype(anchor.dtype)
         a, p, n = anchor.to(acc), positive.to(acc), negative.to(acc)
         d_ap = distance.value(a, p)

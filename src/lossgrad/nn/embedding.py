@@ -99,7 +99,7 @@ class ContrastiveLoss(nn.Module):
 
 
 class TripletMarginLoss(nn.Module):
-    """Module form of :func:`lossgrad.triplet_margin_loss`: PyTorch's constructor plus ``distance``."""
+    """Module form of :func:`lossgrad.triplet_margin_loss`, PyTorch's constructor plus ``distance``."""
 
     def __init__(
         self,

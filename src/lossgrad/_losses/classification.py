@@ -31,9 +31,10 @@ from .._reduction import accumulate_dtype, grad_scale, reduce_loss
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy"]
 
 # PyTorch clamps the logarithms of binary_cross_entropy at -100 and divides its
-# gradient by max(p (1 - p), 1e-12) (ATen's Loss.cpp, PyTorch 2.13).
+# gradient by max(p (1 - p), 1e-12), with 1e-12 held as a float32 constant
+# (9.99999996e-13) in every dtype (ATen's Loss.cpp, PyTorch 2.13).
 _BCE_LOG_MIN = -100.0
-_BCE_GRAD_EPS = 1e-12
+_BCE_GRAD_EPS = float(torch.tensor(1e-12, dtype=torch.float32))
 
 
 # Shared pieces of the three Functions.

@@ -1,12 +1,91 @@
-"""Placeholder: `lossgrad run` is being written."""
+"""``lossgrad run``: experiments on real data that ships with scikit-learn.
+
+``distill`` (the default) repeats the distillation experiments of Hinton, Vinyals and Dean
+(2015) on digits; ``classify`` compares softmax, sigmoid and label-smoothed training;
+``embed`` compares the embedding losses; ``regress`` compares L1, L2 and Huber under outliers.
+Each run writes a folder with its config, metrics, history, plots and summary table.
+"""
+
+from __future__ import annotations
 
 import argparse
+import logging
+import sys
+import time
+
+import torch
+
+from .config import RunError, add_options, resolve_config
+from .data import load_classification, load_regression
+from .experiments import load_experiment
+from .report import make_run_folder, write_run
+from .training import History
+
+__all__ = ["configure_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _error_in_one_line(parser: argparse.ArgumentParser):
+    """Return an error handler that prints argparse's message as one line and exits with 2."""
+
+    def error(message: str):
+        print(f"{parser.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    return error
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add this command's options to parser."""
+    """Add this command's arguments and options to parser."""
+    parser.epilog = (
+        "examples: lossgrad run; lossgrad run distill --temperature 4 --omit-class 8; "
+        "lossgrad run regress --data mine.csv --label-column price"
+    )
+    add_options(parser)
+    # argparse prints the usage before its error; one line is easier to read in scripts.
+    parser.error = _error_in_one_line(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the command."""
-    raise SystemExit("lossgrad run: not available yet")
+    """Run the chosen experiment and return the exit code (2 for a bad option or data)."""
+    given = {
+        name: value for name, value in vars(args).items() if name not in ("command", "handler",
+                                                                         "verbose")
+    }
+    try:
+        return _run(given)
+    except RunError as error:
+        print(f"lossgrad run: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(given: dict[str, object]) -> int:
+    # 1. Settings, device and data.
+    config, unused = resolve_config(given)
+    if config.quiet:
+        logging.getLogger("lossgrad").setLevel(logging.WARNING)
+    for flag in unused:
+        logger.warning("%s does not apply to the %s experiment; ignored", flag, config.experiment)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: CUDA is not available here; use --device cpu")
+    torch.set_num_threads(config.threads)
+    if config.experiment == "regress":
+        data = load_regression(config.data, config.label_column)
+    else:
+        data = load_classification(config.data, config.label_column)
+    data = data.to(config.device)
+    folder = make_run_folder(config)
+    logger.info(
+        "running %s on %s (%d training rows) with seeds %s; output in %s",
+        config.experiment, data.name, len(data.y_train),
+        ",".join(map(str, config.seeds)), folder,
+    )
+
+    # 2. The experiment, then the run folder and the table on stdout.
+    started = time.perf_counter()
+    result = load_experiment(config.experiment)(config, data, History())
+    write_run(folder, config, result)
+    print(result.summary)
+    logger.info("finished in %.1f s; results in %s", time.perf_counter() - started, folder)
+    return 0

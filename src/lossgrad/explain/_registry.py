@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import _classification, _divergence, _regression
+from . import _classification, _divergence, _embedding, _regression
 from ._table import Explainer
 from ._values import UsageError
 
@@ -15,6 +15,7 @@ EXPLAINERS: dict[str, Explainer] = {
     for explainer in (
         *_classification.EXPLAINERS,
         *_divergence.EXPLAINERS,
+        *_embedding.EXPLAINERS,
         *_regression.EXPLAINERS,
     )
 }

@@ -11,7 +11,6 @@ summing).
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 from pathlib import Path
@@ -140,7 +139,8 @@ def run_ddp_case(rank: int, sizes: list[int]) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
     torch.manual_seed(5)
-    model = DistributedDataParallel(Encoder())
+    model = distributed.wrap_ddp(Encoder(), distributed.current_info())
+    assert isinstance(model, DistributedDataParallel)
     x_query, x_key = ddp_inputs(sizes)
     rows = rank_rows(sizes, rank)
     loss = model(x_query[rows], x_key[rows], True)
@@ -167,17 +167,30 @@ def run_all_gather_checks(rank: int, world_size: int) -> dict:
     return result
 
 
+def run_helper_checks(info: distributed.DistributedInfo) -> dict:
+    current = distributed.current_info()
+    return {
+        "info": (info.rank, info.world_size, info.local_rank),
+        "current": (current.rank, current.world_size, current.local_rank),
+        "is_main": distributed.is_main_process(),
+        "sums": distributed.sum_over_ranks(float(info.rank), 1.0),
+    }
+
+
 def worker(rank: int, world_size: int, port: int, folder: str) -> None:
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    # The variables that torchrun sets, so that init_from_env is what starts the group.
+    os.environ.update({
+        "GLOO_SOCKET_IFNAME": "lo",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+    })
+    info = distributed.init_from_env("gloo", timeout_s=60)
     try:
-        results = {"all_gather": run_all_gather_checks(rank, world_size)}
+        results = {"helpers": run_helper_checks(info)}
+        results["all_gather"] = run_all_gather_checks(rank, world_size)
         for name, (sizes, options) in CASES[world_size].items():
             results[name] = run_info_nce_case(rank, name, sizes, options)
         results["ddp"] = run_ddp_case(rank, CASES[world_size]["uneven"][0])
@@ -186,7 +199,7 @@ def worker(rank: int, world_size: int, port: int, folder: str) -> None:
         # torn down their connections while its own are still in use.
         dist.barrier()
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()
 
 
 def spawn_world(world_size: int, folder: Path) -> list[dict]:
@@ -222,6 +235,22 @@ def single_process(name: str, sizes: list[int], options: dict) -> dict:
 
 def all_cases(world_size: int):
     return [(name, *case) for name, case in CASES[world_size].items()]
+
+
+def test_init_from_env_reads_torchrun_variables(world):
+    world_size, results = world
+    for rank in range(world_size):
+        helpers = results[rank]["helpers"]
+        assert helpers["info"] == (rank, world_size, rank)
+        assert helpers["current"] == (rank, world_size, rank)
+        assert helpers["is_main"] == (rank == 0)
+
+
+def test_sum_over_ranks(world):
+    world_size, results = world
+    expected = (float(sum(range(world_size))), float(world_size))
+    for rank in range(world_size):
+        assert results[rank]["helpers"]["sums"] == expected
 
 
 def test_all_gather_concatenates_in_rank_order(world):
@@ -361,3 +390,11 @@ def test_init_from_env_without_torchrun(monkeypatch):
     assert info.is_main
     assert not info.is_distributed
     assert distributed.is_main_process()
+    assert distributed.current_info() == info
+
+
+def test_single_process_helpers_are_identity():
+    assert distributed.sum_over_ranks(2.5, 3.0) == (2.5, 3.0)
+    module = torch.nn.Linear(2, 2)
+    assert distributed.wrap_ddp(module, distributed.DistributedInfo()) is module
+    distributed.shutdown()

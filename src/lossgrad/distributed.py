@@ -15,8 +15,9 @@ over the concatenated batch in one process. When every rank has ``N / W`` rows,
 returns ``N / W``.
 
 The rest of the module is what a training script needs under ``torchrun``:
-:func:`init_from_env`, :func:`wrap_ddp`, :func:`shard_batch` and
-:func:`is_main_process` (write outputs on rank 0 only).
+:func:`init_from_env`, :func:`wrap_ddp`, :func:`shard_batch`,
+:func:`sum_over_ranks` for metrics, :func:`is_main_process` (write outputs on
+rank 0 only) and :func:`shutdown`.
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ __all__ = [
     "Shard",
     "all_gather",
     "all_gather_with_sizes",
+    "current_info",
     "ddp_mean_denominator",
     "init_from_env",
     "is_main_process",
     "require_process_group",
     "shard_batch",
+    "shutdown",
+    "sum_over_ranks",
     "wrap_ddp",
 ]
 
@@ -230,8 +234,7 @@ def init_from_env(
     already exists, its rank and size are returned.
     """
     if dist.is_available() and dist.is_initialized():
-        local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-        return DistributedInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+        return current_info()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedInfo()
@@ -250,6 +253,39 @@ def init_from_env(
         timeout=datetime.timedelta(seconds=timeout_s),
     )
     return DistributedInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def current_info() -> DistributedInfo:
+    """Return this process's rank and world size from the initialised default group.
+
+    Without a process group this is the single-process ``DistributedInfo()``.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistributedInfo()
+    rank = dist.get_rank()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    return DistributedInfo(rank, dist.get_world_size(), local_rank)
+
+
+def shutdown() -> None:
+    """Destroy the default process group if one exists; otherwise do nothing."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_over_ranks(*values: float) -> tuple[float, ...]:
+    """Return each value summed over all ranks (the values themselves in one process).
+
+    Use it for metrics such as a running loss sum and a row count, so that every
+    rank can report the epoch's global mean. It is a collective: every rank must
+    call it with the same number of values.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return tuple(float(value) for value in values)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return tuple(totals.tolist())
 
 
 def is_main_process() -> bool:

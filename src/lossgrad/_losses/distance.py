@@ -53,6 +53,38 @@ def _dot(x1: Tensor, x2: Tensor) -> Tensor:
     return (x1 * x2).sum(dim=-1)
 
 
+def _divide_by_both(value: Tensor, c1: Tensor, c2: Tensor) -> Tensor:
+    """Return ``value / (c1 c2)`` without forming ``c1 c2``.
+
+    The product of two norms clamped at a small eps underflows in float32
+    (1e-20 squared is 0). Dividing by the larger one first keeps the result
+    the same when c1 and c2 are swapped.
+    """
+    return value / torch.maximum(c1, c2) / torch.minimum(c1, c2)
+
+
+def _combine(x: Tensor, a: Tensor, y: Tensor, b: Tensor) -> Tensor:
+    """Return ``a · x + b · y`` with per-row factors ``a`` and ``b``.
+
+    The out-of-place ``addcmul`` is used because ``vmap`` has no batching
+    rule for ``addcmul_`` in PyTorch 2.13.
+    """
+    return torch.addcmul(x * _per_row(a), y, _per_row(b))
+
+
+def _scale_difference(
+    direction: Tensor, factor: Tensor, needs: tuple[bool, bool]
+) -> tuple[Tensor | None, Tensor | None]:
+    """Return ``factor · direction`` and its negation, overwriting ``direction``.
+
+    ``direction`` must be a temporary of the caller. Reusing its memory saves
+    one N × D allocation, which costs more than the arithmetic on CPU.
+    """
+    grad_x2 = direction * -factor if needs[1] else None
+    grad_x1 = direction.mul_(factor) if needs[0] else None
+    return grad_x1, grad_x2
+
+
 class Distance(ABC):
     """A distance between paired rows, with its value and closed-form gradient."""
 
@@ -99,11 +131,7 @@ class Euclidean(Distance):
         # ∂d/∂x1 = (x1 − x2)/d = −∂d/∂x2 where d > 0, and 0 where d = 0.
         positive = d > 0
         factor = torch.where(positive, grad_d / torch.where(positive, d, 1), 0)
-        grad_x1 = _per_row(factor) * (x1 - x2)
-        return (
-            grad_x1 if needs[0] else None,
-            -grad_x1 if needs[1] else None,
-        )
+        return _scale_difference(x1 - x2, _per_row(factor), needs)
 
 
 @dataclass(frozen=True)
@@ -118,11 +146,7 @@ class SquaredEuclidean(Distance):
 
     def vjp(self, x1, x2, d, grad_d, needs=(True, True)) -> Grads:
         # ∂d/∂x1 = 2 (x1 − x2) = −∂d/∂x2.
-        grad_x1 = _per_row(2 * grad_d) * (x1 - x2)
-        return (
-            grad_x1 if needs[0] else None,
-            -grad_x1 if needs[1] else None,
-        )
+        return _scale_difference(x1 - x2, _per_row(2 * grad_d), needs)
 
 
 @dataclass(frozen=True)
@@ -144,12 +168,8 @@ class PNorm(Distance):
         # ∂d/∂x1 = sign(u) (|u|/d)^(p−1) = −∂d/∂x2 where d > 0, and 0 where d = 0.
         u = x1 - x2
         safe_d = _per_row(torch.where(d > 0, d, 1))
-        ratio = (u.abs() / safe_d).pow(self.p - 1)
-        grad_x1 = _per_row(grad_d) * torch.sign(u) * ratio
-        return (
-            grad_x1 if needs[0] else None,
-            -grad_x1 if needs[1] else None,
-        )
+        direction = torch.sign(u) * (u.abs() / safe_d).pow(self.p - 1)
+        return _scale_difference(direction, _per_row(grad_d), needs)
 
 
 @dataclass(frozen=True)
@@ -164,6 +184,10 @@ class Cosine(Distance):
     the unclamped norm there, although the value it returns does not depend
     on that norm. The two gradients agree whenever both norms are at least
     ``eps``.
+
+    NOTE: the gradient forms ``1/‖x‖²``, which overflows in float32 for a
+    row whose norm is below about 1e-19; only an ``eps`` that small lets such
+    a row through unclamped.
     """
 
     eps: float = COSINE_EPS
@@ -177,7 +201,7 @@ class Cosine(Distance):
         """Return the clamped cosine similarity ``cos`` in ``[−1, 1]``."""
         _, c1 = self._clamped_norms(x1)
         _, c2 = self._clamped_norms(x2)
-        return (_dot(x1, x2) / c1 / c2).clamp(-1, 1)
+        return _divide_by_both(_dot(x1, x2), c1, c2).clamp(-1, 1)
 
     def similarity_vjp(
         self,
@@ -195,18 +219,17 @@ class Cosine(Distance):
         #   k1 = 1/‖x1‖² where ‖x1‖ ≥ eps, and 0 where the clamped norm is constant;
         # the same with 1 and 2 swapped. Where the clamp into [−1, 1] is active
         # the gradient is 0, and so is the exact gradient of parallel vectors.
-        # Dividing by c1 and c2 one at a time keeps a small eps from underflowing.
-        raw = _dot(x1, x2) / c1 / c2
+        raw = _divide_by_both(_dot(x1, x2), c1, c2)
         inside = (raw >= -1) & (raw <= 1)
         grad = torch.where(inside, grad_cos, 0)
-        shared = grad / c1 / c2
+        shared = _divide_by_both(grad, c1, c2)
         grad_x1 = grad_x2 = None
         if needs[0]:
             k1 = torch.where(n1 >= self.eps, 1 / c1 / c1, 0)
-            grad_x1 = _per_row(shared) * x2 - _per_row(grad * cos * k1) * x1
+            grad_x1 = _combine(x2, shared, x1, -grad * cos * k1)
         if needs[1]:
             k2 = torch.where(n2 >= self.eps, 1 / c2 / c2, 0)
-            grad_x2 = _per_row(shared) * x1 - _per_row(grad * cos * k2) * x2
+            grad_x2 = _combine(x1, shared, x2, -grad * cos * k2)
         return grad_x1, grad_x2
 
     def value(self, x1: Tensor, x2: Tensor) -> Tensor:
@@ -256,9 +279,9 @@ class SmoothCosine(Distance):
         shared = grad_cos / torch.sqrt(m1 * m2)
         grad_x1 = grad_x2 = None
         if needs[0]:
-            grad_x1 = _per_row(shared) * x2 - _per_row(grad_cos * cos / m1) * x1
+            grad_x1 = _combine(x2, shared, x1, -grad_cos * cos / m1)
         if needs[1]:
-            grad_x2 = _per_row(shared) * x1 - _per_row(grad_cos * cos / m2) * x2
+            grad_x2 = _combine(x1, shared, x2, -grad_cos * cos / m2)
         return grad_x1, grad_x2
 
     def value(self, x1: Tensor, x2: Tensor) -> Tensor:

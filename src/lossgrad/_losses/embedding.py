@@ -655,14 +655,15 @@ class TripletMarginFunction(torch.autograd.Function):
         distance = ctx.distance
         grad_a, grad_p = distance.vjp(a, p, d_ap, g, (need_a, need_p))
         grad_a_an, grad_n = distance.vjp(a, n, d_an, -g * (1 - use_pn), (need_a, need_n))
+        # The vjp results are fresh tensors, so they are summed in place.
         if need_a:
-            grad_a = grad_a + grad_a_an
+            grad_a = grad_a.add_(grad_a_an)
         if ctx.swap:
             grad_p_pn, grad_n_pn = distance.vjp(p, n, d_pn, -g * use_pn, (need_p, need_n))
             if need_p:
-                grad_p = grad_p + grad_p_pn
+                grad_p = grad_p.add_(grad_p_pn)
             if need_n:
-                grad_n = grad_n + grad_n_pn
+                grad_n = grad_n.add_(grad_n_pn)
         # No gradient for distance, margin, swap and reduction.
         return (
             _to_input_dtype(grad_a, anchor),

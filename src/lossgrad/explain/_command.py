@@ -18,7 +18,19 @@ __all__ = ["configure_parser", "main"]
 
 # Values that are tensors. When the user gives any of them, the command
 # explains the user's numbers instead of the worked examples.
-TENSOR_KEYS = ("input", "other", "target", "anchor", "positive", "negative", "score", "weight", "pos_weight")
+TENSOR_KEYS = (
+    "input",
+    "other",
+    "target",
+    "anchor",
+    "positive",
+    "negative",
+    "score",
+    "weight",
+    "pos_weight",
+    "linear_weight",
+    "teacher_weight",
+)
 
 MAX_STEPS = 1000
 

@@ -9,7 +9,7 @@ from ._classification import class_indices, log_softmax, softmax
 from ._table import Case, Example, Explainer, Sweep, same_shape
 from ._values import UsageError, Values
 
-__all__ = ["EXPLAINERS"]
+__all__ = ["EXPLAINERS", "counted_rows", "js_rows", "kd_rows", "kl_rows", "reduce_rows"]
 
 ROW_REDUCTIONS = ("batchmean", "sum")
 
@@ -101,20 +101,18 @@ def build_js(values: Values) -> Case:
     return build_distillation(values, temperature=1.0, beta=values.number("beta", 0.5))
 
 
-def counted_rows(case: Case) -> Tensor:
+def counted_rows(rows: int, target: Tensor | None, ignore_index: int) -> Tensor:
     """Return a float mask of the rows that count: all, or those whose target is not ignore_index."""
-    rows = case.arguments["student_logits"].shape[0]
-    target = case.arguments.get("target")
     if target is None:
         return torch.ones(rows, dtype=torch.float64)
-    return (target != case.options["ignore_index"]).double()
+    return (target != ignore_index).double()
 
 
 def reduce_rows(per_row: Tensor, case: Case) -> Tensor:
     """Sum the counted rows, divided by their number for batchmean; 0 when none counts."""
-    kept = counted_rows(case)
+    kept = counted_rows(per_row.shape[0], case.arguments.get("target"), int(case.options["ignore_index"]))
     total = (per_row * kept).sum()
-    if case.options["reduction"] == "sum":
+    if case.options.get("reduction", "batchmean") == "sum":
         return total
     count = float(kept.sum())
     return total * 0.0 if count == 0 else total / count
@@ -133,42 +131,59 @@ def kl_rows(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
     return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(dim=-1)
 
 
-def kd_reference(case: Case) -> Tensor:
+def kd_rows(student: Tensor, teacher: Tensor, target: Tensor | None, temperature: float, alpha: float, ignore_index: int) -> Tensor:
     """Return α T² KL(pᵗ ‖ pˢ) + (1 − α) CE(s, y) per row, or T² KL without a target."""
-    temperature = float(case.options["temperature"])
-    student = case.arguments["student_logits"]
-    teacher = case.arguments["teacher_logits"].detach()
     log_student = log_softmax(student / temperature)
     log_teacher = log_softmax(teacher / temperature)
     soft_term = temperature**2 * kl_rows(log_teacher.exp(), log_teacher, log_student)
-    target = case.arguments.get("target")
     if target is None:
-        return reduce_rows(soft_term, case)
-    alpha = float(case.options["alpha"])
-    kept = target != case.options["ignore_index"]
+        return soft_term
+    kept = target != ignore_index
     safe_target = torch.where(kept, target, torch.zeros_like(target))
     hard_term = -log_softmax(student).gather(1, safe_target.unsqueeze(1)).squeeze(1)
-    return reduce_rows(alpha * soft_term + (1 - alpha) * hard_term, case)
+    return alpha * soft_term + (1 - alpha) * hard_term
+
+
+def js_rows(student: Tensor, teacher: Tensor, temperature: float, beta: float) -> Tensor:
+    """Return T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)) / (β (1 − β)) per row, the KL limits at β = 0 and 1."""
+    log_student = log_softmax(student / temperature)
+    log_teacher = log_softmax(teacher / temperature)
+    student_p, teacher_p = log_student.exp(), log_teacher.exp()
+    if beta == 0:
+        per_row = kl_rows(teacher_p, log_teacher, log_student)
+    elif beta == 1:
+        per_row = kl_rows(student_p, log_student, log_teacher)
+    else:
+        log_mixture = (beta * teacher_p + (1 - beta) * student_p).log()
+        per_row = (
+            beta * kl_rows(teacher_p, log_teacher, log_mixture)
+            + (1 - beta) * kl_rows(student_p, log_student, log_mixture)
+        ) / (beta * (1 - beta))
+    return temperature**2 * per_row
+
+
+def kd_reference(case: Case) -> Tensor:
+    """Return kd_loss from :func:`kd_rows`, reduced over the counted rows."""
+    per_row = kd_rows(
+        case.arguments["student_logits"],
+        case.arguments["teacher_logits"].detach(),
+        case.arguments.get("target"),
+        float(case.options["temperature"]),
+        float(case.options["alpha"]),
+        int(case.options["ignore_index"]),
+    )
+    return reduce_rows(per_row, case)
 
 
 def js_reference(case: Case) -> Tensor:
-    """Return T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)) / (β (1 − β)), the KL limits at β = 0 and 1."""
-    temperature = float(case.options["temperature"])
-    beta = float(case.options["beta"])
-    log_student = log_softmax(case.arguments["student_logits"] / temperature)
-    log_teacher = log_softmax(case.arguments["teacher_logits"].detach() / temperature)
-    student, teacher = log_student.exp(), log_teacher.exp()
-    if beta == 0:
-        per_row = kl_rows(teacher, log_teacher, log_student)
-    elif beta == 1:
-        per_row = kl_rows(student, log_student, log_teacher)
-    else:
-        log_mixture = (beta * teacher + (1 - beta) * student).log()
-        per_row = (
-            beta * kl_rows(teacher, log_teacher, log_mixture)
-            + (1 - beta) * kl_rows(student, log_student, log_mixture)
-        ) / (beta * (1 - beta))
-    return reduce_rows(temperature**2 * per_row, case)
+    """Return js_div from :func:`js_rows`, reduced over the counted rows."""
+    per_row = js_rows(
+        case.arguments["student_logits"],
+        case.arguments["teacher_logits"].detach(),
+        float(case.options["temperature"]),
+        float(case.options["beta"]),
+    )
+    return reduce_rows(per_row, case)
 
 
 def watch_kd(case: Case) -> dict[str, Tensor]:

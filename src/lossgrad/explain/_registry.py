@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import _classification, _divergence, _embedding, _regression
+from . import _classification, _divergence, _embedding, _info_nce, _linear, _regression
 from ._table import Explainer
 from ._values import UsageError
 
@@ -16,6 +16,8 @@ EXPLAINERS: dict[str, Explainer] = {
         *_classification.EXPLAINERS,
         *_divergence.EXPLAINERS,
         *_embedding.EXPLAINERS,
+        *_info_nce.EXPLAINERS,
+        *_linear.EXPLAINERS,
         *_regression.EXPLAINERS,
     )
 }

@@ -66,7 +66,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("anchor", f"the anchor embedding of a triplet ({TENSOR_HELP})"),
     Option("positive", f"the positive embedding of a triplet ({TENSOR_HELP})"),
-    Option("negative", f"the negative embedding of a triplet ({TENSOR_HELP})"),
+    Option("negative", f"the negative of a triplet, or info_nce's shared hard negatives ({TENSOR_HELP})"),
+    Option("linear_weight", f"the weight W (V x H) of a linear head, the student's for linear_kd_loss ({TENSOR_HELP})"),
+    Option("teacher_weight", f"the teacher's head weight (V x H_t) of linear_kd_loss ({TENSOR_HELP})"),
     Option("score", "the target cosine similarity per row (cosine_similarity_loss)"),
     Option("weight", "a weight per class (cross_entropy) or per element (binary losses)"),
     Option("pos_weight", "the weight of positive examples per class (BCE with logits)"),
@@ -82,10 +84,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("eps", "the small constant of the loss (see its formula)"),
     Option("p", "the norm degree of the triplet distance"),
     Option("distance", "the pair distance: euclidean, squared_euclidean or cosine"),
+    Option("similarity", "info_nce's similarity: cosine or dot"),
+    Option("divergence", "linear_kd_loss's divergence: kl or js"),
+    Option("z_loss", "the weight λ of the z-loss λ·lse² (linear_cross_entropy)"),
+    Option("softcap", "the logit soft cap s: logits become s·tanh(z/s) (linear_cross_entropy)"),
     Option("reduction", "how the per-element losses are combined: mean, sum or batchmean"),
     Option("log_target", "kl_div: the target is given as log-probabilities", is_flag=True),
     Option("swap", "triplet: use the closer of anchor and positive to the negative", is_flag=True),
     Option("squared", "contrastive: square each hinge", is_flag=True),
+    Option("symmetric", "info_nce: average the query-to-key and key-to-query losses", is_flag=True),
 )
 
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}

@@ -346,6 +346,24 @@ def test_vmap_of_grad_matches_autograd(case):
         assert_close(batched[sample], expected, f"grad of sample {sample}", kind="grad")
 
 
+@pytest.mark.slow
+def test_compiles_without_graph_breaks():
+    anchor, positive, negative = with_grad([torch.randn(6, 5) for _ in range(3)])
+
+    def loss(a, p, n):
+        return lossgrad.triplet_margin_loss(a, p, n, swap=True)
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    result = compiled(anchor, positive, negative)
+    expected = loss(anchor, positive, negative)
+
+    assert_close(result, expected, "loss")
+    grads = grads_of(result, [anchor, positive, negative])
+    expected_grads = grads_of(expected, [anchor, positive, negative])
+    for name, grad, expected_grad in zip(("anchor", "positive", "negative"), grads, expected_grads):
+        assert_close(grad, expected_grad, f"grad of {name}", kind="grad")
+
+
 # 3. No NaN on finite inputs, zero vectors and coincident points included.
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)

@@ -128,8 +128,8 @@ class CosineEmbeddingFunction(torch.autograd.Function):
         push = y == -1
         loss = torch.where(pull, 1 - cos, 0) + torch.where(push, (cos - margin).clamp_min(0), 0)
         # ∂ℓ/∂cos = −1 for y = 1, [cos > margin] for y = −1, and 0 for any other label.
-        dloss_dcos = torch.where(pull, -1.0, 0.0) + torch.where(push & (cos > margin), 1.0, 0.0)
-        per_row = torch.stack([1 - cos, dloss_dcos.to(acc)])
+        dloss_dcos = (push & (cos > margin)).to(acc) - pull.to(acc)
+        per_row = torch.stack([cos, dloss_dcos])
         return reduce_loss(loss, reduction, loss.numel(), dtype=x1.dtype), per_row
 
     @staticmethod
@@ -140,12 +140,12 @@ class CosineEmbeddingFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_per_row):
         refuse_double_backward("cosine_embedding_loss")
-        # With d = 1 − cos, ∂ℓ/∂d = −∂ℓ/∂cos; the distance's vjp flips it back.
         x1, x2, per_row = ctx.saved_tensors
-        d, dloss_dcos = per_row.unbind(0)
-        scale = grad_scale(grad_loss, ctx.reduction, d.numel(), dtype=d.dtype)
+        cos, dloss_dcos = per_row.unbind(0)
+        acc = cos.dtype
+        scale = grad_scale(grad_loss, ctx.reduction, cos.numel(), dtype=acc)
         grad_x1, grad_x2 = SmoothCosine().similarity_vjp(
-            x1.to(d.dtype), x2.to(d.dtype), 1 - d, scale * dloss_dcos, ctx.needs_input_grad[:2]
+            x1.to(acc), x2.to(acc), cos, scale * dloss_dcos, ctx.needs_input_grad[:2]
         )
         # No gradient for target, margin and reduction.
         return _to_input_dtype(grad_x1, x1), _to_input_dtype(grad_x2, x2), None, None, None
@@ -344,8 +344,9 @@ def cosine_similarity_loss(
         >>> loss = cosine_similarity_loss(x1, x2, torch.tensor([1.0, 0.5, 0.0, -0.2]))
         >>> loss.backward()
 
-    PyTorch has no such loss; ``1 - F.cosine_similarity(x1, x2, eps=eps)``
-    gives the same value. A zero vector gives cos = 0 and a finite gradient
+    PyTorch has no such loss. ``1 - F.cosine_similarity(x1, x2, eps=eps)``
+    gives the same value, except that lossgrad clamps cos into [−1, 1]
+    against rounding. A zero vector gives cos = 0 and a finite gradient
     of size about ``1/eps``. Where a norm is below ``eps`` the gradient
     treats the clamped norm as the constant eps, whereas PyTorch's
     ``cosine_similarity`` differentiates the unclamped norm there. float16

@@ -170,6 +170,29 @@ def test_cosine_zero_vector_r07():
     assert_close(grad_x2, expected_x2, "grad_x2", kind="grad")
 
 
+def test_cosine_clamped_norm_is_constant():
+    """Below eps the clamped norm is the constant eps, so only x2/(c1 c2) remains.
+
+    PyTorch's cosine_similarity differentiates the unclamped norm there and
+    returns the gradient below, which differs.
+    """
+    x1 = torch.tensor([[3e-9, 4e-9]], dtype=torch.float64)
+    x2 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    cosine = Cosine(1e-8)
+
+    cos = cosine.similarity(x1, x2)
+    grad_x1, grad_x2 = cosine.similarity_vjp(x1, x2, cos, torch.ones_like(cos))
+
+    assert_close(cos, torch.tensor([0.3], dtype=torch.float64), "cos")
+    assert_close(grad_x1, torch.tensor([[1e8, 0.0]], dtype=torch.float64), "grad_x1", kind="grad")
+    # ∂cos/∂x2 = x1/(eps ‖x2‖) − cos · x2/‖x2‖² = [0.3 − 0.3, 0.4].
+    expected_x2 = torch.tensor([[0.0, 0.4]], dtype=torch.float64)
+    assert_close(grad_x2, expected_x2, "grad_x2", kind="grad", atol=1e-12)
+    a = x1.clone().requires_grad_(True)
+    (torch_grad,) = torch.autograd.grad(F.cosine_similarity(a, x2, eps=1e-8).sum(), a)
+    assert not torch.allclose(torch_grad, grad_x1)
+
+
 def test_cosine_matches_cosine_similarity():
     x1 = torch.randn(10, 6)
     x2 = torch.randn(10, 6)

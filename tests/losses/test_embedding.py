@@ -595,6 +595,22 @@ def test_modules_reject_unknown_reduction():
         lossgrad.nn.ContrastiveLoss(reduction="batchmean")
 
 
+@pytest.mark.parametrize(
+    ("make", "match"),
+    (
+        (lambda: lossgrad.nn.NegativePairLoss(distance="manhattan"), "distance: expected one of"),
+        (lambda: lossgrad.nn.NegativePairLoss(margin=-1.0), "margin: expected a value >= 0"),
+        (lambda: lossgrad.nn.ContrastiveLoss(neg_margin=-1.0), "neg_margin: expected a value >= 0"),
+        (lambda: lossgrad.nn.TripletMarginLoss(margin=0.0), "margin: expected a value > 0"),
+        (lambda: lossgrad.nn.TripletMarginLoss(distance="l2"), "distance: expected one of"),
+        (lambda: lossgrad.nn.CosineSimilarityLoss(eps=-1.0), "eps: expected a value > 0"),
+    ),
+)
+def test_modules_reject_bad_options(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
 def test_formulas_are_registered():
     for name in (
         "contrastive_loss",

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .._checks import check_no_legacy_reduction, check_reduction
+from .._checks import (
+    check_choice,
+    check_finite_number,
+    check_no_legacy_reduction,
+    check_non_negative,
+    check_positive,
+    check_reduction,
+)
 from .._losses import embedding as F
+from .._losses.distance import DISTANCE_NAMES
 
 __all__ = [
     "ContrastiveLoss",
@@ -28,7 +36,7 @@ class CosineEmbeddingLoss(nn.Module):
     ) -> None:
         super().__init__()
         check_no_legacy_reduction(size_average, reduce)
-        self.margin = margin
+        self.margin = check_finite_number("margin", margin)
         self.reduction = check_reduction(reduction)
 
     def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
@@ -42,7 +50,7 @@ class CosineSimilarityLoss(nn.Module):
 
     def __init__(self, *, eps: float = 1e-8, reduction: str = "mean") -> None:
         super().__init__()
-        self.eps = eps
+        self.eps = check_positive("eps", eps)
         self.reduction = check_reduction(reduction)
 
     def forward(self, x1: Tensor, x2: Tensor, score: Tensor | None = None) -> Tensor:
@@ -56,8 +64,8 @@ class NegativePairLoss(nn.Module):
         self, *, margin: float = 1.0, distance: str = "euclidean", reduction: str = "mean"
     ) -> None:
         super().__init__()
-        self.margin = margin
-        self.distance = distance
+        self.margin = check_non_negative("margin", margin)
+        self.distance = check_choice("distance", distance, DISTANCE_NAMES)
         self.reduction = check_reduction(reduction)
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
@@ -79,9 +87,9 @@ class ContrastiveLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.pos_margin = pos_margin
-        self.neg_margin = neg_margin
-        self.distance = distance
+        self.pos_margin = check_non_negative("pos_margin", pos_margin)
+        self.neg_margin = check_non_negative("neg_margin", neg_margin)
+        self.distance = check_choice("distance", distance, DISTANCE_NAMES)
         self.squared = squared
         self.reduction = check_reduction(reduction)
 
@@ -115,11 +123,13 @@ class TripletMarginLoss(nn.Module):
     ) -> None:
         super().__init__()
         check_no_legacy_reduction(size_average, reduce)
-        self.margin = margin
+        self.margin = check_positive("margin", margin)
         self.p = p
         self.eps = eps
         self.swap = swap
         self.reduction = check_reduction(reduction)
+        if distance is not None:
+            check_choice("distance", distance, DISTANCE_NAMES)
         self.distance = distance
 
     def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:

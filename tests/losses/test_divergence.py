@@ -743,3 +743,34 @@ def test_formula_is_registered_and_documented(name):
     assert function.formula is formula
     assert "{formula}" not in function.__doc__
     assert formula.loss.splitlines()[0] in function.__doc__
+
+
+@pytest.mark.parametrize("loss_name", ["kd_loss", "js_div"])
+def test_row_losses_non_contiguous_logits(loss_name):
+    reference = reference_kd if loss_name == "kd_loss" else reference_js
+    student = randn(5, 12, seed=58)
+    teacher = randn(6, 5, seed=59, requires_grad=False)
+    strided = student[:, ::2]  # 5 x 6, elements of a row 2 apart
+    teacher_rows = teacher.T  # 5 x 6, column-major
+    ours = getattr(lossgrad, loss_name)(strided, teacher_rows, temperature=2.0)
+    expected = reference(strided, teacher_rows, temperature=2.0)
+    assert_close(ours, expected, "loss")
+    (ours_grad,) = grads_of(ours, [student])
+    (expected_grad,) = grads_of(expected, [student])
+    assert_close(ours_grad, expected_grad, "grad student", kind="grad")
+
+
+@pytest.mark.parametrize("loss_name, weight", [("kd_loss", 1.0), ("kd_loss", 0.5), ("js_div", 0.5), ("js_div", 0.0)])
+@pytest.mark.parametrize("bad", [float("nan"), INF])
+def test_row_losses_nan_logit_gives_nan(loss_name, weight, bad):
+    """A NaN or +inf logit makes its row's loss NaN: zero-probability masking must not hide it."""
+    key = "alpha" if loss_name == "kd_loss" else "beta"
+    student = randn(3, 4, seed=60, requires_grad=False)
+    teacher = randn(3, 4, seed=61, requires_grad=False)
+    student[0, 2] = bad
+    teacher[2, 1] = bad
+    target = torch.tensor([1, 2, 3])
+    loss = getattr(lossgrad, loss_name)(student, teacher, target, reduction="none", **{key: weight})
+    assert torch.isnan(loss[0])
+    assert torch.isfinite(loss[1])
+    assert torch.isnan(loss[2])

@@ -26,40 +26,69 @@ from .rows import RowRule
 __all__ = ["js_rule", "kd_rule", "log_softmax_pair"]
 
 # Above this log-ratio d = log p_t − log p_s the JS rule takes log(p_s/M) as a
-# plain difference of logs: exp(d) would overflow float32 near d = 88, while at
-# d > 40 the ratio M/p_s is large enough that the difference loses nothing.
+# plain difference of logs, because exp(d) would overflow float32 near d = 88.
+# For d > 40 and β above machine epsilon (smaller β uses the KL limit), M/p_s
+# exceeds 50, so the difference of logs keeps its relative precision.
 _LOG_RATIO_LIMIT = 40.0
 
 
-def log_softmax_pair(x: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Return (log softmax, softmax) of each row of ``x / temperature``.
+def log_softmax_pair(x: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Return (log softmax, softmax, log-sum-exp) of each row of ``x / temperature``.
 
-    Both are new ``chunk x V`` tensors, so ``x`` may be overwritten afterwards.
-    The log-probability is formed as ``(x/T − m) − log Σ exp(x/T − m)`` with the
-    row maximum ``m``, which keeps its absolute error at rounding level for
-    logits of any magnitude. Entries equal to ``-inf`` get probability 0 and
-    log-probability ``-inf``; a row of ``-inf`` gets all zeros and all ``-inf``.
+    The first two are new ``chunk x V`` tensors, so ``x`` may be overwritten
+    afterwards. The log-probability is formed as ``(x/T − m) − log Σ exp(x/T − m)``
+    with the row maximum ``m``, which keeps its absolute error at rounding level
+    for logits of any magnitude. Entries equal to ``-inf`` get probability 0 and
+    log-probability ``-inf``; a row of ``-inf`` gets all zeros, all ``-inf`` and
+    a log-sum-exp of ``-inf``. The log-sum-exp (``chunk``) is NaN or ``+inf``
+    exactly for rows with a NaN or ``+inf`` logit, which :func:`_invalid_rows` reads.
     """
     log_p = x / temperature if temperature != 1.0 else x.clone()
-    m = log_p.amax(dim=-1, keepdim=True)  # chunk x 1
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    log_p.sub_(m)
+    m = log_p.amax(dim=-1, keepdim=True)  # chunk x 1, NaN if the row has a NaN
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    log_p.sub_(shift)
     p = log_p.exp()
     total = p.sum(dim=-1, keepdim=True)  # chunk x 1, at least 1 if a logit is finite
+    lse = (m + total.log()).squeeze(-1)
     total = torch.where(total > 0, total, torch.ones_like(total))
     p.div_(total)
     log_p.sub_(total.log())
-    return log_p, p
+    return log_p, p, lse
+
+
+def _invalid_rows(*lses: Tensor) -> Tensor:
+    """Return the rows (``chunk``) where any log-sum-exp is NaN or ``+inf``.
+
+    Those rows have a NaN or ``+inf`` logit. Their loss is set to NaN, because
+    :func:`_weighted` replaces NaN products by 0 and would otherwise hide them.
+    """
+    valid = lses[0] < float("inf")
+    for lse in lses[1:]:
+        valid &= lse < float("inf")
+    return ~valid
 
 
 def _weighted(p: Tensor, value: Tensor) -> Tensor:
-    """Return ``p · value`` with exactly 0 where ``p = 0``, whatever ``value`` is."""
-    return torch.where(p > 0, p * value, torch.zeros_like(p))
+    """Return ``p · value`` with exactly 0 where ``p = 0``, whatever ``value`` is.
+
+    A NaN product comes from 0 · ±inf (a zero probability against an infinite
+    log-ratio) or from a NaN logit. Both become 0 here, and the callers mark
+    rows with NaN logits through :func:`_invalid_rows`. ``nan_to_num_`` is
+    used because on CPU it is several times faster than a comparison and
+    ``torch.where`` over the chunk.
+    """
+    inf = float("inf")
+    return (p * value).nan_to_num_(nan=0.0, posinf=inf, neginf=-inf)
 
 
 def _forward_kl(log_p_t: Tensor, p_t: Tensor, log_p_s: Tensor) -> Tensor:
     """Return KL(p_t ‖ p_s) of each row (``chunk``)."""
     return _weighted(p_t, log_p_t - log_p_s).sum(dim=-1)
+
+
+def _mark_invalid(loss: Tensor, invalid: Tensor) -> Tensor:
+    """Set the loss of rows with a NaN or ``+inf`` logit to NaN."""
+    return torch.where(invalid, torch.full_like(loss, float("nan")), loss)
 
 
 def _counted_rows(target: Tensor | None, ignore_index: int) -> Tensor | None:
@@ -108,16 +137,17 @@ def kd_rule(
         # 1. Soft term: KL(p_t ‖ p_s) with p = softmax(·/T). Its gradient is
         #    T² · (1/T) (p_s − p_t): the 1/T is the chain rule through s/T.
         if soft_weight > 0:
-            log_p_s, p_s = log_softmax_pair(x, temperature)
-            log_p_t, p_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
-            loss = loss + (soft_weight * temperature**2) * _forward_kl(log_p_t, p_t, log_p_s)
+            log_p_s, p_s, lse_s = log_softmax_pair(x, temperature)
+            log_p_t, p_t, lse_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
+            soft_loss = (soft_weight * temperature**2) * _forward_kl(log_p_t, p_t, log_p_s)
+            loss = _mark_invalid(loss + soft_loss, _invalid_rows(lse_s, lse_t))
             grad = p_s.sub_(p_t).mul_(soft_weight * temperature)  # chunk x V
 
         # 2. Hard term: −log softmax(s)_y, gradient softmax(s) − onehot(y), at
         #    temperature 1. It is +inf when s_y = −inf, as in cross_entropy.
         if hard_weight > 0:
             y = safe_target_all[rows].unsqueeze(-1)  # chunk x 1
-            log_p, p = log_softmax_pair(x)
+            log_p, p, _ = log_softmax_pair(x)
             loss = loss - hard_weight * log_p.gather(-1, y).squeeze(-1)
             p.scatter_add_(-1, y, torch.full_like(y, -1.0, dtype=p.dtype))
             grad = p.mul_(hard_weight) if grad is None else grad.add_(p, alpha=hard_weight)
@@ -157,17 +187,18 @@ def js_rule(
         loss = T² (β KL(p_t ‖ M) + (1 − β) KL(p_s ‖ M)) / (β (1 − β))
 
     which tends to ``T² KL(p_t ‖ p_s)`` as ``β → 0`` and to ``T² KL(p_s ‖ p_t)``
-    as ``β → 1``; those limits are the values at ``β = 0`` and ``β = 1``, and
-    at any ``β`` within the compute dtype's machine epsilon of an end.
+    as ``β → 1``. Those limits are the values at ``β = 0`` and ``β = 1``. They
+    are also used for any ``β`` within the compute dtype's machine epsilon of
+    an end.
     """
     counted_all = _counted_rows(target, ignore_index)
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
-        log_p_s, p_s = log_softmax_pair(x, temperature)
-        log_p_t, p_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
+        log_p_s, p_s, lse_s = log_softmax_pair(x, temperature)
+        log_p_t, p_t, lse_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
         # Within machine epsilon of an end, the normalised JSD differs from its
-        # limit by less than rounding, while dividing by β or 1 − β would not
-        # be safe (β may be a subnormal number), so the limit is used there.
+        # limit by less than rounding. Dividing by such a β or 1 − β is not safe
+        # (it may be a subnormal number), so the limit is used there.
         eps = torch.finfo(x.dtype).eps
         if beta < eps:
             loss = _forward_kl(log_p_t, p_t, log_p_s)
@@ -177,7 +208,7 @@ def js_rule(
             loss = _reverse_kl_(log_p_s, p_s, log_p_t, out)
         else:
             loss = _normalised_js_(log_p_s, p_s, log_p_t, p_t, beta, out)
-        loss = loss.mul_(temperature**2)
+        loss = _mark_invalid(loss.mul_(temperature**2), _invalid_rows(lse_s, lse_t))
         out.mul_(temperature)
         if counted_all is not None:
             counted = counted_all[rows]  # chunk
@@ -203,8 +234,8 @@ def _softmax_backward_(p_s: Tensor, g: Tensor, out: Tensor) -> Tensor:
 def _reverse_kl_(log_p_s: Tensor, p_s: Tensor, log_p_t: Tensor, out: Tensor) -> Tensor:
     """Write ∂KL(p_s ‖ p_t)/∂(s/T) into ``out``; return KL(p_s ‖ p_t) per row.
 
-    J = Σ p_s (log p_s − log p_t) gives ∂J/∂p_s,i = log p_s,i − log p_t,i + 1;
-    the constant 1 cancels in the softmax chain rule, which leaves
+    J = Σ p_s (log p_s − log p_t) gives ∂J/∂p_s,i = log p_s,i − log p_t,i + 1.
+    The constant 1 cancels in the softmax chain rule, which leaves
     ∂J/∂z_j = p_s,j (ℓ_j − J) with ℓ = log p_s − log p_t. The value is +inf
     (and the gradient NaN) where p_t = 0 < p_s: the divergence is infinite.
     """
@@ -218,10 +249,10 @@ def _log_mixture_ratio(
 
     ``d`` is log(p_other/p) and ``weight`` the other distribution's share of M.
     For moderate ``d``, ``−log1p(weight · expm1(d)) / weight`` keeps full
-    relative precision as ``weight → 0``, where log(p/M) itself tends to 0;
-    for large ``d`` the ratio is far from 1 and the difference of logs is
-    accurate. NaN where p = 0 (d undefined): callers multiply by p with
-    :func:`_weighted`.
+    relative precision as ``weight → 0``, where log(p/M) itself tends to 0.
+    For large ``d`` the ratio is far from 1 and the difference of logs is
+    accurate. The result is NaN or infinite where p = 0, so callers multiply
+    it by p with :func:`_weighted`.
     """
     small = -torch.log1p(torch.expm1(d.clamp(max=_LOG_RATIO_LIMIT)) * weight)
     return torch.where(d <= _LOG_RATIO_LIMIT, small, log_p - log_m).div_(weight)

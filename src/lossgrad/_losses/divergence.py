@@ -166,7 +166,7 @@ def kl_div(
         size_average, reduce: deprecated in PyTorch; must be ``None``.
         reduction: ``'none'``, ``'mean'``, ``'batchmean'`` or ``'sum'``.
             Default: ``'mean'``.
-        log_target: ``target`` holds log-probabilities. Default: ``False``.
+        log_target: ``target`` contains log-probabilities. Default: ``False``.
 
     Shape:
         - input: any shape ``(*)``, usually ``(N, C)``.
@@ -426,13 +426,13 @@ def kd_loss(
             Default: ``'batchmean'``.
 
     Shape:
-        - student_logits: ``(N, C)`` or ``(B, T, C)``; generally ``(*, C)``.
+        - student_logits: ``(N, C)`` or ``(B, L, C)``; generally ``(*, C)``.
         - teacher_logits: the same shape as student_logits.
-        - target: ``(N)`` or ``(B, T)``, the shape without the last dimension.
+        - target: ``(N)`` or ``(B, L)``, the shape without the last dimension.
         - output: a scalar, or the shape of target for ``'none'``.
 
-        where N is the batch size, B the batch size and T the sequence length
-        of a sequence model, and C the number of classes.
+        where N is the batch size of a classifier, B and L are the batch size
+        and sequence length of a sequence model, and C is the number of classes.
 
     Example::
 
@@ -549,13 +549,13 @@ def js_div(
             Default: ``'batchmean'``.
 
     Shape:
-        - student_logits: ``(N, C)`` or ``(B, T, C)``; generally ``(*, C)``.
+        - student_logits: ``(N, C)`` or ``(B, L, C)``; generally ``(*, C)``.
         - teacher_logits: the same shape as student_logits.
-        - target: ``(N)`` or ``(B, T)``, the shape without the last dimension.
+        - target: ``(N)`` or ``(B, L)``, the shape without the last dimension.
         - output: a scalar, or the shape of target for ``'none'``.
 
-        where N is the batch size, B the batch size and T the sequence length
-        of a sequence model, and C the number of classes.
+        where N is the batch size of a classifier, B and L are the batch size
+        and sequence length of a sequence model, and C is the number of classes.
 
     Example::
 

@@ -25,7 +25,7 @@ class KLDivLoss(torch.nn.Module):
         reduction: ``'none'``, ``'mean'``, ``'batchmean'`` or ``'sum'``.
             Default: ``'mean'``, as in PyTorch, which divides by every element
             and warns; ``'batchmean'`` gives the KL divergence per row.
-        log_target: ``target`` holds log-probabilities. Default: ``False``.
+        log_target: ``target`` contains log-probabilities. Default: ``False``.
 
     ``forward(input, target)`` takes log-probabilities ``input`` and a
     ``target`` of the same shape.

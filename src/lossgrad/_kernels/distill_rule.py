@@ -202,12 +202,14 @@ def js_rule(
         eps = torch.finfo(x.dtype).eps
         if beta < eps:
             loss = _forward_kl(log_p_t, p_t, log_p_s)
-            # ∂/∂s of T² KL(p_t ‖ p_s) = T (p_s − p_t).
+            # ∂KL(p_t ‖ p_s)/∂z = p_s − p_t.
             out.copy_(p_s.sub_(p_t))
         elif 1.0 - beta < eps:
             loss = _reverse_kl_(log_p_s, p_s, log_p_t, out)
         else:
             loss = _normalised_js_(log_p_s, p_s, log_p_t, p_t, beta, out)
+        # The branches give J and ∂J/∂z at z = s/T. The loss is T² J, and
+        # ∂(T² J)/∂s = T² · (1/T) ∂J/∂z = T ∂J/∂z.
         loss = _mark_invalid(loss.mul_(temperature**2), _invalid_rows(lse_s, lse_t))
         out.mul_(temperature)
         if counted_all is not None:

@@ -565,12 +565,14 @@ def js_div(
         >>> loss.backward()
 
     Notes:
-        Without the division by ``β (1 − β)`` (the form used in generalised
-        knowledge distillation, GKD) the loss tends to 0 at both ends of
-        ``β``, so that form jumps to the KL values at ``β = 0`` and ``1``.
-        At ``β = 0.5`` this loss is 4 times that form. Near the ends each
-        log-ratio is computed with ``log1p`` and ``expm1``, so the value
-        stays accurate for ``β`` as small as ``1e-12``.
+        The unnormalised form ``β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)`` tends to
+        0 at both ends of ``β``, so defining its ends as the KL divergences
+        makes it jump there. This loss is that form divided by ``β (1 − β)``,
+        4 times it at ``β = 0.5``. Near the ends each log-ratio is computed
+        with ``log1p`` and ``expm1``, so the value stays accurate as ``β``
+        approaches 0 or 1 (tested at 1e-12 from either end in float64).
+        Within the compute dtype's machine epsilon of an end, the KL limit
+        is used.
         For ``β = 1`` the loss is ``+inf`` (and the gradient NaN) where the
         teacher probability is 0 and the student's is not. The computation
         runs in float32 for half and float32 logits, float64 for float64.

@@ -8,6 +8,8 @@ through the shared row kernel with the cross-entropy rule.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -36,6 +38,13 @@ SIMILARITIES = ("cosine", "dot")
 # everything instead of NaN. Its gradient is then the upstream gradient
 # divided by EPS, which is large but finite.
 EPS = 1e-8
+
+
+class _Embeddings(NamedTuple):
+    """Embeddings in the compute dtype: ``hat`` is x̂, ``norm`` is |x| (cosine only)."""
+
+    hat: Tensor
+    norm: Tensor | None
 
 
 def _normalize(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,14 +97,14 @@ class InfoNCEFunction(torch.autograd.Function):
         index = torch.arange(n, device=query.device)
 
         # 2. Query to key: s = q̂ᵢ · [k̂ ; ĥ]ᵀ / τ, positive at column key_offset + i.
-        logits = _query_logits(q[0][query_rows], k, h) / tau  # n x (N_k + M)
+        logits = _query_logits(q.hat[query_rows], k.hat, h) / tau  # n x (N_k + M)
         loss, grad_qk = fused_rows(
             logits, cross_entropy_rule(index + key_offset), inplace=True
         )
 
         # 3. Key to query: t = k̂ᵢ · q̂ᵀ / τ, positive at column query_offset + i.
         if symmetric:
-            logits_kq = k[0][key_rows] @ q[0].T / tau  # n x N_q
+            logits_kq = k.hat[key_rows] @ q.hat.T / tau  # n x N_q
             loss_kq, grad_kq = fused_rows(
                 logits_kq, cross_entropy_rule(index + query_offset), inplace=True
             )
@@ -126,21 +135,20 @@ class InfoNCEFunction(torch.autograd.Function):
         temperature = ctx.temperature if tau_input is None else tau_input
         tau = torch.as_tensor(temperature, dtype=dtype, device=query.device).reshape(())
         q, k, h = _prepare(query, key, hard_negatives, dtype, cosine)
-        q_hat, q_norm = q
-        k_hat, k_norm = k
+        q_hat, k_hat = q.hat, k.hat
         query_rows = slice(query_offset, query_offset + n)
         key_rows = slice(key_offset, key_offset + n)
         N_k = k_hat.shape[0]
 
-        # Upstream factor per row: grad_output, / denominator for mean, and ½
-        # for each direction of the symmetric loss.
+        # 1. Upstream factor per row: grad_output, / denominator for mean, and
+        #    ½ for each direction of the symmetric loss.
         scale = grad_scale(grad_output, reduction, denominator, dtype=dtype)
         if reduction == "none":
             scale = scale.reshape(n, 1)
         if symmetric:
             scale = 0.5 * scale
 
-        # Query to key, with G = scale · (softmax(s) − onehot) and s = q̂ᵢ·c/τ:
+        # 2. Query to key, with G = scale · (softmax(s) − onehot) and s = q̂ᵢ·c/τ:
         #   ∂/∂q̂ᵢ = Σⱼ Gᵢⱼ cⱼ / τ     over keys and hard negatives c
         #   ∂/∂k̂ⱼ = Σᵢ Gᵢⱼ q̂ᵢ / τ      ∂/∂ĥ likewise with its columns of G
         #   ∂/∂τ  = −Σᵢⱼ Gᵢⱼ sᵢⱼ / τ = −Σᵢ q̂ᵢ · (∂/∂q̂ᵢ) / τ
@@ -153,12 +161,10 @@ class InfoNCEFunction(torch.autograd.Function):
         G_hard = G[:, N_k:]  # n x M, or n x K per query
         q_rows = q_hat[query_rows]  # n x D
         grad_q_rows = G_keys @ k_hat
-        if h is not None:
-            h_hat = h[0]
-            if h_hat.dim() == 2:
-                grad_q_rows += G_hard @ h_hat
-            else:
-                grad_q_rows += torch.einsum("nk,nkd->nd", G_hard, h_hat)
+        if h is not None and h.hat.dim() == 2:
+            grad_q_rows += G_hard @ h.hat
+        elif h is not None:
+            grad_q_rows += torch.einsum("nk,nkd->nd", G_hard, h.hat)
         grad_q_rows /= tau
         grad_tau = -(q_rows * grad_q_rows).sum() / tau
         grad_q_hat = torch.zeros_like(q_hat)
@@ -166,12 +172,12 @@ class InfoNCEFunction(torch.autograd.Function):
         grad_k_hat = G_keys.T @ q_rows / tau  # N_k x D
         grad_h_hat = None
         if h is not None and ctx.needs_input_grad[2]:
-            if h_hat.dim() == 2:
-                grad_h_hat = G_hard.T @ q_rows / tau
+            if h.hat.dim() == 2:
+                grad_h_hat = G_hard.T @ q_rows / tau  # M x D
             else:
-                grad_h_hat = G_hard.unsqueeze(2) * q_rows.unsqueeze(1) / tau
+                grad_h_hat = G_hard.unsqueeze(2) * q_rows.unsqueeze(1) / tau  # n x K x D
 
-        # Key to query, the same rules with the roles of q̂ and k̂ swapped:
+        # 3. Key to query, the same rules with the roles of q̂ and k̂ swapped:
         #   ∂/∂k̂ᵢ = Σⱼ G'ᵢⱼ q̂ⱼ / τ,  ∂/∂q̂ⱼ = Σᵢ G'ᵢⱼ k̂ᵢ / τ,  ∂/∂τ = −Σᵢ k̂ᵢ·(∂/∂k̂ᵢ) / τ
         if symmetric:
             G_kq = grad_kq.mul_(scale) if in_place else grad_kq * scale  # n x N_q
@@ -181,14 +187,14 @@ class InfoNCEFunction(torch.autograd.Function):
             grad_k_hat[key_rows] += grad_k_rows
             grad_q_hat += G_kq.T @ k_rows / tau
 
-        # Through the normalisation x̂ = x / max(|x|, ε) for cosine similarity.
+        # 4. Through the normalisation x̂ = x / max(|x|, ε) for cosine similarity.
         grad_query = grad_key = grad_hard = grad_temperature = None
         if ctx.needs_input_grad[0]:
-            grad_query = _to_input(grad_q_hat, q_hat, q_norm, cosine, query.dtype)
+            grad_query = _to_input(grad_q_hat, q, query.dtype)
         if ctx.needs_input_grad[1]:
-            grad_key = _to_input(grad_k_hat, k_hat, k_norm, cosine, key.dtype)
+            grad_key = _to_input(grad_k_hat, k, key.dtype)
         if grad_h_hat is not None:
-            grad_hard = _to_input(grad_h_hat, h[0], h[1], cosine, hard_negatives.dtype)
+            grad_hard = _to_input(grad_h_hat, h, hard_negatives.dtype)
         if ctx.needs_input_grad[3]:
             grad_temperature = grad_tau.reshape(tau_input.shape).to(tau_input.dtype)
         return (grad_query, grad_key, grad_hard, grad_temperature,
@@ -197,36 +203,32 @@ class InfoNCEFunction(torch.autograd.Function):
 
 def _prepare(
     query: Tensor, key: Tensor, hard_negatives: Tensor | None, dtype: torch.dtype, cosine: bool
-) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None], tuple | None]:
-    """Cast to ``dtype`` and, for cosine similarity, normalise; return (x̂, |x|) pairs."""
+) -> tuple[_Embeddings, _Embeddings, _Embeddings | None]:
+    """Cast the embeddings to ``dtype`` and, for cosine similarity, normalise them."""
 
-    def prepare(x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def prepare(x: Tensor) -> _Embeddings:
         x = x.to(dtype)
-        return _normalize(x) if cosine else (x, None)
+        return _Embeddings(*_normalize(x)) if cosine else _Embeddings(x, None)
 
     h = None if hard_negatives is None else prepare(hard_negatives)
     return prepare(query), prepare(key), h
 
 
-def _query_logits(
-    q_rows: Tensor, k: tuple[Tensor, Tensor | None], h: tuple | None
-) -> Tensor:
+def _query_logits(q_rows: Tensor, k_hat: Tensor, h: _Embeddings | None) -> Tensor:
     """Return q̂ᵢ · [k̂ ; ĥ]ᵀ for each query row: keys first, then hard negatives."""
-    scores = q_rows @ k[0].T  # n x N_k
+    scores = q_rows @ k_hat.T  # n x N_k
     if h is None:
         return scores
-    h_hat = h[0]
-    if h_hat.dim() == 2:
-        hard = q_rows @ h_hat.T  # n x M, shared by all queries
+    if h.hat.dim() == 2:
+        hard = q_rows @ h.hat.T  # n x M, shared by all queries
     else:
-        hard = torch.einsum("nd,nkd->nk", q_rows, h_hat)  # n x K, one set per query
+        hard = torch.einsum("nd,nkd->nk", q_rows, h.hat)  # n x K, one set per query
     return torch.cat([scores, hard], dim=1)
 
 
-def _to_input(
-    grad_hat: Tensor, x_hat: Tensor, norm: Tensor | None, cosine: bool, dtype: torch.dtype
-) -> Tensor:
-    grad = _normalize_backward(x_hat, norm, grad_hat) if cosine else grad_hat
+def _to_input(grad_hat: Tensor, x: _Embeddings, dtype: torch.dtype) -> Tensor:
+    """Return the gradient of the input embeddings in their dtype, given ``∂ℓ/∂x̂``."""
+    grad = grad_hat if x.norm is None else _normalize_backward(x.hat, x.norm, grad_hat)
     return grad.to(dtype)
 
 

@@ -97,8 +97,8 @@ def test_embed_fast_end_to_end(tmp_path, capsys):
     assert code == 0, err
     assert_run_folder(folder, ("curves", "embedding"))
     results = read_metrics(folder)["results"]
-    for name in ("contrastive", "triplet", "cosine embedding", "cosine + negative pair",
-                 "info_nce"):
+    for name in ("contrastive", "triplet", "cosine embedding", "cosine similarity",
+                 "squared pull + negative pair", "info_nce"):
         assert 0.7 < results[name]["knn_accuracy"]["mean"] <= 1.0, name
         assert 0.7 < results[name]["recall_at_1"]["mean"] <= 1.0, name
     assert "Recall@1" in out

@@ -49,20 +49,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the chosen experiment and return the exit code (2 for a bad option or data)."""
-    given = {
-        name: value for name, value in vars(args).items() if name not in ("command", "handler",
-                                                                         "verbose")
+    # Only the options typed on the command line are in args (their default is SUPPRESS).
+    flag_values = {
+        name: value
+        for name, value in vars(args).items()
+        if name not in ("command", "handler", "verbose")
     }
     try:
-        return _run(given)
+        return _run(flag_values)
     except RunError as error:
         print(f"lossgrad run: error: {error}", file=sys.stderr)
         return 2
 
 
-def _run(given: dict[str, object]) -> int:
+def _run(flag_values: dict[str, object]) -> int:
     # 1. Settings, device and data.
-    config, unused = resolve_config(given)
+    config, unused = resolve_config(flag_values)
     if config.quiet:
         logging.getLogger("lossgrad").setLevel(logging.WARNING)
     for flag in unused:

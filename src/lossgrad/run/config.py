@@ -87,21 +87,21 @@ def _int_parser(minimum: int) -> Callable[[str, object], int]:
 
 def _float_parser(low: float, high: float, *, open_low: bool = False) -> Callable[[str, object], float]:
     bracket = "(" if open_low else "["
-    wanted = f"a number in {bracket}{low:g}, {high:g}]"
+    expected = f"a number in {bracket}{low:g}, {high:g}]"
 
     def parse(name: str, value: object) -> float:
         if isinstance(value, bool):
-            raise RunError(f"{name}: expected {wanted}, got {_describe(value)}")
+            raise RunError(f"{name}: expected {expected}, got {_describe(value)}")
         if isinstance(value, str):
             try:
                 value = float(value.strip())
             except ValueError:
-                raise RunError(f"{name}: expected {wanted}, got {_describe(value)}") from None
+                raise RunError(f"{name}: expected {expected}, got {_describe(value)}") from None
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RunError(f"{name}: expected {wanted}, got {_describe(value)}")
+            raise RunError(f"{name}: expected {expected}, got {_describe(value)}")
         too_low = value <= low if open_low else value < low
         if too_low or value > high:
-            raise RunError(f"{name}: expected {wanted}, got {value!r}")
+            raise RunError(f"{name}: expected {expected}, got {value!r}")
         return float(value)
 
     return parse
@@ -113,9 +113,9 @@ def _parse_seeds(name: str, value: object) -> tuple[int, ...]:
     A single explicit seed is written with a trailing comma (``5,``), because a bare ``5``
     is a count.
     """
-    wanted = "a seed count such as 5, or a comma list of seeds such as 0,7,42"
+    expected = "a seed count such as 5, or a comma list of seeds such as 0,7,42"
     if isinstance(value, bool):
-        raise RunError(f"{name}: expected {wanted}, got {_describe(value)}")
+        raise RunError(f"{name}: expected {expected}, got {_describe(value)}")
     if isinstance(value, int):
         value = str(value)
     if isinstance(value, list):
@@ -125,19 +125,19 @@ def _parse_seeds(name: str, value: object) -> tuple[int, ...]:
     elif isinstance(value, str):
         count = value.strip()
         if not count.isdigit() or int(count) < 1:
-            raise RunError(f"{name}: expected {wanted}, got {_describe(value)}")
+            raise RunError(f"{name}: expected {expected}, got {_describe(value)}")
         return tuple(range(int(count)))
     else:
-        raise RunError(f"{name}: expected {wanted}, got {_describe(value)}")
+        raise RunError(f"{name}: expected {expected}, got {_describe(value)}")
     seeds = []
     for item in items:
         if isinstance(item, bool) or not (
             isinstance(item, int) or (isinstance(item, str) and item.isdigit())
         ):
-            raise RunError(f"{name}: expected {wanted}, got {_describe(value)}")
+            raise RunError(f"{name}: expected {expected}, got {_describe(value)}")
         seeds.append(int(item))
     if not seeds:
-        raise RunError(f"{name}: expected {wanted}, got {_describe(value)}")
+        raise RunError(f"{name}: expected {expected}, got {_describe(value)}")
     if len(set(seeds)) != len(seeds):
         raise RunError(f"{name}: seeds must be distinct, got {_describe(value)}")
     return tuple(seeds)
@@ -291,17 +291,17 @@ def read_config_file(path: Path) -> dict[str, object]:
     return settings
 
 
-def resolve_config(given: Mapping[str, object]) -> tuple[RunConfig, list[str]]:
-    """Merge defaults, the ``--config`` file and the given flags into a RunConfig.
+def resolve_config(flag_values: Mapping[str, object]) -> tuple[RunConfig, list[str]]:
+    """Merge defaults, the ``--config`` file and flag_values into a RunConfig.
 
     Returns the config and the names of options that were set but do not apply to the chosen
     experiment, so that the caller can warn about them.
     """
     # 1. Collect the raw values: file first, then the flags on top.
     raw: dict[str, object] = {}
-    if "config" in given:
-        raw.update(read_config_file(_parse_path("--config", given["config"])))
-    raw.update({name: value for name, value in given.items() if name != "config"})
+    if "config" in flag_values:
+        raw.update(read_config_file(_parse_path("--config", flag_values["config"])))
+    raw.update({name: value for name, value in flag_values.items() if name != "config"})
 
     # 2. Parse each value; the names in messages are the flags users typed.
     experiment = _parse_experiment("experiment", raw.get("experiment", "distill"))

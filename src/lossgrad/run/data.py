@@ -42,8 +42,6 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int | None = None
-    # (height, width) when the rows are images whose background is 0, as for digits.
-    image_shape: tuple[int, int] | None = None
 
     @property
     def num_features(self) -> int:
@@ -55,8 +53,7 @@ class Dataset:
             name: getattr(self, name).to(device)
             for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
         }
-        return Dataset(self.name, **moved, num_classes=self.num_classes,
-                       image_shape=self.image_shape)
+        return Dataset(self.name, **moved, num_classes=self.num_classes)
 
 
 # 1. Reading the user's file.
@@ -89,6 +86,7 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     except UnicodeDecodeError:
         raise RunError(f"--data: {path} is not a text CSV file") from None
     rows = [row for row in rows if any(cell.strip() for cell in row)]
+
     if len(rows) < 2:
         raise RunError(f"--data: {path} needs a header row and at least one data row")
     header = [name.strip() for name in rows[0]]
@@ -99,6 +97,7 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(header) < 2:
         raise RunError(f"--data: {path} has only the label column; expected feature columns too")
+
     label_index = header.index(label_column)
     values = np.empty((len(rows) - 1, len(header)), dtype=np.float64)
     for line, row in enumerate(rows[1:], start=2):
@@ -114,6 +113,7 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
                     f"--data: {path} line {line}, column {header[column]!r}: expected a "
                     f"number, got {cell!r}"
                 ) from None
+
     y = values[:, label_index]
     x = np.delete(values, label_index, axis=1)
     return x, y
@@ -138,7 +138,7 @@ def _read_user_file(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarr
         x = x.astype(np.float64)
         y = y.astype(np.float64)
     except (TypeError, ValueError):
-        raise RunError(f"--data: {path} holds non-numeric values; expected numbers") from None
+        raise RunError(f"--data: {path} contains non-numeric values; expected numbers") from None
     if not np.isfinite(x).all():
         raise RunError(f"--data: {path} has NaN or infinite features")
     if not np.isfinite(y).all():
@@ -173,7 +173,7 @@ def _standardize(x: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 
 def _class_labels(y: np.ndarray) -> np.ndarray:
-    """Check that y holds class indices 0..K-1, each with enough rows, and return int64."""
+    """Check that y contains class indices 0..K-1, each with enough rows, and return int64."""
     if not np.all(y == np.round(y)):
         raise RunError("--data: labels must be integer class indices 0..K-1, got fractions")
     if y.min() < 0:
@@ -215,7 +215,7 @@ def load_classification(data: Path | None, label_column: str) -> Dataset:
         x = digits.data / 16.0
         y = digits.target.astype(np.int64)
         splits = _split(len(y), y)
-        return _tensors("digits", x, y, splits, torch.int64, num_classes=10, image_shape=(8, 8))
+        return _tensors("digits", x, y, splits, torch.int64, num_classes=10)
     x, y = _read_user_file(data, label_column)
     labels = _class_labels(y)
     splits = _split(len(labels), labels)

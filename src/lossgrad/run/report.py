@@ -28,7 +28,7 @@ __all__ = [
 
 @dataclass
 class ExperimentResult:
-    """What an experiment returns: metrics for metrics.json, history, summary text and figures.
+    """The output of an experiment: metrics for metrics.json, history, summary text and figures.
 
     ``summary`` is Markdown: the table and the verdict in words. ``figures`` maps a PNG file
     name without extension to its figure.

@@ -74,7 +74,7 @@ def calibration_bins(
     confidence, predicted = probabilities.max(dim=1)
     confidence = confidence.double().cpu().numpy()
     correct = (predicted == labels).double().cpu().numpy()
-    # Bin b holds confidences in (b/bins, (b+1)/bins]; confidence 0 joins the first bin.
+    # Bin b contains confidences in (b/bins, (b+1)/bins]; confidence 0 joins the first bin.
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
     counts = np.bincount(index, minlength=bins).astype(np.float64)
     with np.errstate(invalid="ignore"):

@@ -2,8 +2,8 @@
 
 Source: G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in a Neural Network",
 arXiv:1503.02531. On MNIST (10,000 test images) they report 67 test errors for a large
-regularized net, 146 for a small net trained on hard labels, and 74 for the same small net
-trained on the large net's soft targets at a raised temperature. With every 3 left out of the
+regularized net and 146 for a small net trained on hard labels. The same small net made 74
+errors when trained on the large net's soft targets at a raised temperature. With every 3 left out of the
 transfer set, the distilled net made 206 errors, 133 of them on the 1010 test 3s, and after
 raising the bias of class 3 by 3.5 it made 109 errors, 14 on 3s.
 
@@ -219,7 +219,7 @@ def _verdict(results: dict, k: int) -> dict:
     claims = {
         "distilled_student_beats_hard_label_student": mean("student_kd", "test_errors")
         < mean("student_ce", "test_errors"),
-        "hard_label_student_never_predicts_omitted": mean("omitted_ce", "omitted_accuracy") < 0.05,
+        "hard_label_student_misses_omitted": mean("omitted_ce", "omitted_accuracy") < 0.05,
         "distilled_student_recognises_omitted": mean("omitted_kd", "omitted_accuracy")
         > mean("omitted_ce", "omitted_accuracy") + 0.1,
         "bias_shift_recovers_more_of_omitted": mean("omitted_kd", "shifted_omitted_accuracy")
@@ -241,7 +241,7 @@ def _verdict(results: dict, k: int) -> dict:
     kd_omitted = 100 * mean("omitted_kd", "omitted_accuracy")
     kd_shifted = 100 * mean("omitted_kd", "shifted_omitted_accuracy")
     omitted_held = (
-        claims["hard_label_student_never_predicts_omitted"]
+        claims["hard_label_student_misses_omitted"]
         and claims["distilled_student_recognises_omitted"]
         and claims["bias_shift_recovers_more_of_omitted"]
     )
@@ -298,7 +298,7 @@ def _summary(config, data, results, verdict, metrics) -> str:
                    f"{100 * (1 - paper['shifted_omitted_errors'] / paper['omitted_rows']):.1f}% of 3s")
     omitted_rows_table = []
     for name, label, paper_text in (
-        ("omitted_ce", "hard labels", "not reported"),
+        ("omitted_ce", "hard labels", "—"),
         ("omitted_kd", "distilled", f"{paper_before}; after {paper_after}"),
     ):
         omitted_rows_table.append([

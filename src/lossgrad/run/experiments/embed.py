@@ -110,10 +110,17 @@ def _cosine_embedding(anchor, positive, negative, labels):
     return lossgrad.cosine_embedding_loss(torch.cat([anchor, anchor]), x2, target)
 
 
+def _cosine_similarity(anchor, positive, negative, labels):
+    # Regress the cosine of each pair onto a target score: 1 for positives, 0 for negatives.
+    x2 = torch.cat([positive, negative])
+    score = torch.cat([torch.ones(len(anchor)), torch.zeros(len(anchor))]).to(anchor)
+    return lossgrad.cosine_similarity_loss(torch.cat([anchor, anchor]), x2, score)
+
+
 def _negative_pair(anchor, positive, negative, labels):
-    # Pull positives to cosine 1; push negatives to cosine distance 1 (cosine 0) or beyond.
-    pull = lossgrad.cosine_similarity_loss(anchor, positive)
-    push = lossgrad.negative_pair_loss(anchor, negative, margin=1.0, distance="cosine")
+    # Pull positives by their squared distance; push negatives to distance MARGIN or beyond.
+    pull = lossgrad.mse_loss(anchor, positive, reduction="sum") / len(anchor)
+    push = lossgrad.negative_pair_loss(anchor, negative, margin=MARGIN)
     return pull + push
 
 
@@ -138,7 +145,8 @@ METHODS = (
     Method("contrastive", _contrastive, "euclidean"),
     Method("triplet", _triplet, "euclidean"),
     Method("cosine embedding", _cosine_embedding, "cosine"),
-    Method("cosine + negative pair", _negative_pair, "cosine"),
+    Method("cosine similarity", _cosine_similarity, "cosine"),
+    Method("squared pull + negative pair", _negative_pair, "euclidean"),
     Method("info_nce", _info_nce, "cosine"),
 )
 

@@ -66,7 +66,7 @@ class InfoNCEFunction(torch.autograd.Function):
     """InfoNCE over the rows of one rank's queries, with a closed-form backward.
 
     ``query`` and ``key`` may be larger than the rows whose loss is computed:
-    under ``gather=True`` they hold the whole global batch. The ``n`` computed
+    under ``gather=True`` they contain the whole global batch. The ``n`` computed
     rows are query rows ``query_offset + i``, whose positive is key
     ``key_offset + i``, and, with ``symmetric``, key rows ``key_offset + i``,
     whose positive is query ``query_offset + i``.
@@ -343,7 +343,7 @@ def info_nce(
             inside, so a zero vector scores 0 instead of NaN) or ``'dot'``.
             Default: ``'cosine'``.
         hard_negatives: extra negatives, shape ``(M, D)`` shared by every
-            query, or ``(N, K, D)``, where row ``i`` holds query ``i``'s own
+            query, or ``(N, K, D)``, where row ``i`` contains query ``i``'s own
             ``K`` negatives. They add columns to the query-to-key direction
             only. Default: ``None``.
         symmetric: average the query-to-key loss and the key-to-query loss, in

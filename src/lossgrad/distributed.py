@@ -105,7 +105,7 @@ class _AllGather(torch.autograd.Function):
     def forward(
         tensor: Tensor, sizes: tuple[int, ...], group: dist.ProcessGroup | None
     ) -> Tensor:
-        # Ranks may hold different numbers of rows, but a collective moves
+        # Ranks may have different numbers of rows, but a collective moves
         # equal-sized buffers: pad to the largest size, then cut each part back.
         padded = tensor.contiguous()
         missing = max(sizes) - tensor.shape[0]
@@ -188,10 +188,10 @@ def all_gather(tensor: Tensor, *, group: dist.ProcessGroup | None = None) -> Ten
 def ddp_mean_denominator(sizes: Sequence[int]) -> float:
     """Return ``N / W``, the divisor that makes DDP's average a global mean.
 
-    ``sizes`` holds every rank's row count (``N = Σ sizes``, ``W = len(sizes)``).
+    ``sizes`` contains every rank's row count (``N = Σ sizes``, ``W = len(sizes)``).
     Dividing each rank's sum of per-row losses by ``N / W`` makes DDP's average
     of the parameter gradients equal the gradient of the mean over all ``N``
-    rows, also when ranks hold different numbers of rows. With equal sizes it
+    rows, also when ranks have different numbers of rows. With equal sizes it
     is the rank's own row count, so the loss is the rank's own mean.
     """
     if len(sizes) == 0:

@@ -353,8 +353,9 @@ def info_nce(
             :func:`lossgrad.distributed.all_gather`, and under ``symmetric``
             also the queries. Query ``i`` of rank ``r`` pairs with global key
             ``offset_r + i``, where ``offset_r`` is the number of rows of ranks
-            before ``r``. Shared hard negatives ``(M, D)`` are gathered too;
-            per-query ones stay with their queries. ``'mean'`` divides the
+            before ``r``. Shared hard negatives ``(M, D)`` are gathered too,
+            so every rank must pass them (``M`` may be 0 on some ranks).
+            Per-query ones stay with their queries. ``'mean'`` divides the
             rank's sum by ``N / W`` (global rows over world size), so that DDP's
             average of the parameter gradients equals the gradient of the mean
             over the concatenated batch in one process. With equal batch sizes

@@ -125,6 +125,7 @@ def kd_rule(
     counted_all = _counted_rows(target, ignore_index)
     soft_weight = 1.0 if target is None else alpha
     hard_weight = 0.0 if target is None else 1.0 - alpha
+    safe_target_all = None
     if target is not None:
         safe_target_all = torch.where(counted_all, target, torch.zeros_like(target))
 

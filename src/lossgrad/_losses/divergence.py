@@ -130,7 +130,7 @@ class KLDivFunction(torch.autograd.Function):
             ("tᵢ", "target, a probability or (log_target) a log-probability"),
             ("qᵢ", "target probability"),
         ),
-        subgradient="∂ℓᵢ/∂tᵢ = 0 where qᵢ = 0, where the derivative of q log q is −∞",
+        subgradient="∂ℓᵢ/∂tᵢ is set to 0 where qᵢ = 0, because d(q log q)/dq is −∞ there",
     )
 )
 def kl_div(
@@ -271,7 +271,8 @@ class DistillRowsFunction(torch.autograd.Function):
             count = torch.full((), student_rows.shape[0], dtype=dtype, device=student.device)
         else:
             count = (target_rows != loss.ignore_index).sum().to(dtype)
-        value = reduce_loss(row_loss.reshape(rows_shape), loss.reduction, count, dtype=student.dtype)
+        row_loss = row_loss.reshape(rows_shape)
+        value = reduce_loss(row_loss, loss.reduction, count, dtype=student.dtype)
         return value, grad, count
 
     @staticmethod

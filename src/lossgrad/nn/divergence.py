@@ -1,4 +1,4 @@
-"""Module wrappers of :func:`lossgrad.kl_div`, :func:`lossgrad.kd_loss` and :func:`lossgrad.js_div`."""
+"""Module wrappers of the divergence losses: ``kl_div``, ``kd_loss`` and ``js_div``."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ when Triton is installed, and on CPU tensors only when a test forces it while
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import torch
 from torch import Tensor
@@ -44,6 +45,10 @@ else:
 
 _forced = False
 
+# Kernel launches by kernel name, so that tests can tell that a loss really
+# took the Triton path.
+launch_counts: Counter[str] = Counter()
+
 
 def force_triton(enabled: bool) -> None:
     """Route CPU tensors through the Triton kernels too (tests under the interpreter)."""
@@ -59,8 +64,15 @@ def force_triton(enabled: bool) -> None:
 
 
 def use_triton(tensor: Tensor) -> bool:
-    """Decide whether ``tensor``'s loss runs on the Triton kernels."""
+    """Decide whether ``tensor``'s loss runs on the Triton kernels.
+
+    Under ``torch.func`` transforms the PyTorch path runs, because the
+    custom ops have no batching rule. ``LOSSGRAD_DISABLE_TRITON=1`` turns the
+    kernels off.
+    """
     if not HAS_TRITON or os.environ.get("LOSSGRAD_DISABLE_TRITON") == "1":
+        return False
+    if torch._C._are_functorch_transforms_active():
         return False
     return tensor.is_cuda or _forced
 
@@ -79,6 +91,7 @@ def _scale_tensor(scale: Tensor | float, like: Tensor) -> Tensor:
 
 
 def _launch_cross_entropy(logits, target, weight, scale, grad, ignore_index, label_smoothing):
+    launch_counts["cross_entropy_rows"] += 1
     N, V = logits.shape
     loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     if N == 0:
@@ -106,6 +119,7 @@ def _launch_cross_entropy(logits, target, weight, scale, grad, ignore_index, lab
 
 
 def _launch_kd(student, teacher, target, scale, grad, temperature, alpha, ignore_index):
+    launch_counts["kd_rows"] += 1
     N, V = student.shape
     loss = torch.empty(N, dtype=torch.float32, device=student.device)
     if N == 0:
@@ -134,6 +148,7 @@ def _launch_kd(student, teacher, target, scale, grad, temperature, alpha, ignore
 
 
 def _launch_js(student, teacher, target, scale, grad, temperature, beta, ignore_index):
+    launch_counts["js_rows"] += 1
     N, V = student.shape
     loss = torch.empty(N, dtype=torch.float32, device=student.device)
     if N == 0:
@@ -295,6 +310,7 @@ if HAS_TRITON:
     def _kl_div_pointwise(
         input: Tensor, target: Tensor, log_target: bool
     ) -> tuple[Tensor, Tensor]:
+        launch_counts["kl_div_pointwise"] += 1
         flat_input = input.contiguous().view(-1)
         flat_target = target.contiguous().view(-1)
         loss = torch.empty(flat_input.shape, dtype=torch.float32, device=input.device)
@@ -313,6 +329,7 @@ if HAS_TRITON:
 
     @torch.library.custom_op("lossgrad::scale_rows_", mutates_args=("grad",))
     def _scale_rows_(grad: Tensor, factor: Tensor) -> None:
+        launch_counts["scale_rows"] += 1
         N, V = grad.shape
         if N == 0:
             return
@@ -329,6 +346,7 @@ if HAS_TRITON:
 
     @torch.library.custom_op("lossgrad::pair_stats", mutates_args=())
     def _pair_stats(a: Tensor, b: Tensor) -> Tensor:
+        launch_counts["pair_stats"] += 1
         N, D = a.shape
         stats = torch.empty(N, 4, dtype=torch.float32, device=a.device)
         if N:
@@ -346,6 +364,7 @@ if HAS_TRITON:
     def _combine_rows(
         x: Tensor, y: Tensor, z: Tensor | None, coef: Tensor
     ) -> list[Tensor]:
+        launch_counts["combine_rows"] += 1
         N, D = x.shape
         gx, gy = torch.empty_like(x), torch.empty_like(y)
         gz = torch.empty_like(z) if z is not None else gx

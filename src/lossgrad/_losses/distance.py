@@ -13,6 +13,13 @@ and contain no Python branch on tensor values, so they run under ``vmap``,
 ``torch.func.grad`` and ``torch.compile``. Where a distance is not
 differentiable (the euclidean distance at coincident points), ``vjp`` returns
 the subgradient 0.
+
+On CUDA with Triton installed, the euclidean, squared euclidean and cosine
+distances read their rows through two kernels instead
+(:mod:`lossgrad._kernels.triton_pairs`): one pass for the row statistics
+(x1·x2, ‖x1‖², ‖x2‖², ‖x1 − x2‖²) and one pass that writes each gradient row
+as a combination of x1 and x2 with per-row coefficients. The formulas are the
+same; only the passes over ``D`` move to the GPU kernels.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from .._kernels import triton_ops
 
 __all__ = [
     "DISTANCE_NAMES",
@@ -85,6 +94,33 @@ def _scale_difference(
     return grad_x1, grad_x2
 
 
+def _pair_stats(x1: Tensor, x2: Tensor) -> Tensor:
+    """Return ``... x 4`` rows (x1·x2, ‖x1‖², ‖x2‖², ‖x1 − x2‖²) from the Triton kernel."""
+    D = x1.shape[-1]
+    stats = triton_ops.pair_stats(x1.reshape(-1, D), x2.reshape(-1, D))  # N x 4
+    return stats.reshape(*x1.shape[:-1], 4).to(x1.dtype)
+
+
+def _combine_pair(
+    x1: Tensor,
+    x2: Tensor,
+    coefficients: tuple[Tensor, Tensor, Tensor, Tensor],
+    needs: tuple[bool, bool],
+) -> Grads:
+    """Return ``c11 x1 + c12 x2`` and ``c21 x1 + c22 x2`` from the Triton kernel.
+
+    Each coefficient has one entry per row.
+    """
+    D = x1.shape[-1]
+    c11, c12, c21, c22 = (c.reshape(-1) for c in coefficients)
+    zero = torch.zeros_like(c11)
+    coef = torch.stack([c11, c12, zero, c21, c22, zero, zero, zero, zero], dim=1)  # N x 9
+    grad_x1, grad_x2 = triton_ops.combine_rows([x1.reshape(-1, D), x2.reshape(-1, D)], coef)
+    grad_x1 = grad_x1.reshape(x1.shape) if needs[0] else None
+    grad_x2 = grad_x2.reshape(x2.shape) if needs[1] else None
+    return grad_x1, grad_x2
+
+
 class Distance(ABC):
     """A distance between paired rows, with its value and closed-form gradient."""
 
@@ -125,12 +161,16 @@ class Euclidean(Distance):
     name: ClassVar[str] = "euclidean"
 
     def value(self, x1: Tensor, x2: Tensor) -> Tensor:
+        if triton_ops.use_triton(x1):
+            return _pair_stats(x1, x2)[..., 3].sqrt()
         return torch.linalg.vector_norm(x1 - x2, dim=-1)
 
     def vjp(self, x1, x2, d, grad_d, needs=(True, True)) -> Grads:
         # ∂d/∂x1 = (x1 − x2)/d = −∂d/∂x2 where d > 0, and 0 where d = 0.
         positive = d > 0
         factor = torch.where(positive, grad_d / torch.where(positive, d, 1), 0)
+        if triton_ops.use_triton(x1):
+            return _combine_pair(x1, x2, (factor, -factor, -factor, factor), needs)
         return _scale_difference(x1 - x2, _per_row(factor), needs)
 
 
@@ -141,11 +181,16 @@ class SquaredEuclidean(Distance):
     name: ClassVar[str] = "squared_euclidean"
 
     def value(self, x1: Tensor, x2: Tensor) -> Tensor:
+        if triton_ops.use_triton(x1):
+            return _pair_stats(x1, x2)[..., 3]
         diff = x1 - x2
         return _dot(diff, diff)
 
     def vjp(self, x1, x2, d, grad_d, needs=(True, True)) -> Grads:
         # ∂d/∂x1 = 2 (x1 − x2) = −∂d/∂x2.
+        if triton_ops.use_triton(x1):
+            factor = 2 * grad_d
+            return _combine_pair(x1, x2, (factor, -factor, -factor, factor), needs)
         return _scale_difference(x1 - x2, _per_row(2 * grad_d), needs)
 
 
@@ -197,11 +242,21 @@ class Cosine(Distance):
         norm = torch.linalg.vector_norm(x, dim=-1)
         return norm, norm.clamp_min(self.eps)
 
+    def _row_terms(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, ...]:
+        """Return (x1·x2, ‖x1‖, max(‖x1‖, eps), ‖x2‖, max(‖x2‖, eps)) per row."""
+        if triton_ops.use_triton(x1):
+            stats = _pair_stats(x1, x2)
+            dot, n1, n2 = stats[..., 0], stats[..., 1].sqrt(), stats[..., 2].sqrt()
+        else:
+            dot = _dot(x1, x2)
+            n1 = torch.linalg.vector_norm(x1, dim=-1)
+            n2 = torch.linalg.vector_norm(x2, dim=-1)
+        return dot, n1, n1.clamp_min(self.eps), n2, n2.clamp_min(self.eps)
+
     def similarity(self, x1: Tensor, x2: Tensor) -> Tensor:
         """Return the clamped cosine similarity ``cos`` in ``[−1, 1]``."""
-        _, c1 = self._clamped_norms(x1)
-        _, c2 = self._clamped_norms(x2)
-        return _divide_by_both(_dot(x1, x2), c1, c2).clamp(-1, 1)
+        dot, _, c1, _, c2 = self._row_terms(x1, x2)
+        return _divide_by_both(dot, c1, c2).clamp(-1, 1)
 
     def similarity_vjp(
         self,
@@ -212,17 +267,20 @@ class Cosine(Distance):
         needs: tuple[bool, bool] = (True, True),
     ) -> Grads:
         """Return ``grad_cos · ∂cos/∂x1`` and ``grad_cos · ∂cos/∂x2``."""
-        n1, c1 = self._clamped_norms(x1)
-        n2, c2 = self._clamped_norms(x2)
+        dot, n1, c1, n2, c2 = self._row_terms(x1, x2)
         # With cᵢ = max(‖xᵢ‖, eps):
         #   ∂cos/∂x1 = x2/(c1 c2) − cos · x1 · k1,
         #   k1 = 1/‖x1‖² where ‖x1‖ ≥ eps, and 0 where the clamped norm is constant;
         # the same with 1 and 2 swapped. Where the clamp into [−1, 1] is active
         # the gradient is 0, and so is the exact gradient of parallel vectors.
-        raw = _divide_by_both(_dot(x1, x2), c1, c2)
+        raw = _divide_by_both(dot, c1, c2)
         inside = (raw >= -1) & (raw <= 1)
         grad = torch.where(inside, grad_cos, 0)
         shared = _divide_by_both(grad, c1, c2)
+        if triton_ops.use_triton(x1):
+            own1 = -grad * cos * torch.where(n1 >= self.eps, 1 / c1 / c1, 0)
+            own2 = -grad * cos * torch.where(n2 >= self.eps, 1 / c2 / c2, 0)
+            return _combine_pair(x1, x2, (own1, shared, shared, own2), needs)
         grad_x1 = grad_x2 = None
         if needs[0]:
             k1 = torch.where(n1 >= self.eps, 1 / c1 / c1, 0)
@@ -257,11 +315,18 @@ class SmoothCosine(Distance):
     def _squared_norms(self, x: Tensor) -> Tensor:
         return _dot(x, x) + self.eps_squared
 
+    def _row_terms(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Return (x1·x2, ‖x1‖² + ε, ‖x2‖² + ε) per row."""
+        if triton_ops.use_triton(x1):
+            stats = _pair_stats(x1, x2)
+            dot, m1, m2 = stats[..., 0], stats[..., 1], stats[..., 2]
+            return dot, m1 + self.eps_squared, m2 + self.eps_squared
+        return _dot(x1, x2), self._squared_norms(x1), self._squared_norms(x2)
+
     def similarity(self, x1: Tensor, x2: Tensor) -> Tensor:
         """Return ``cos`` as PyTorch's cosine_embedding_loss computes it."""
-        m1 = self._squared_norms(x1)
-        m2 = self._squared_norms(x2)
-        return _dot(x1, x2) / torch.sqrt(m1 * m2)
+        dot, m1, m2 = self._row_terms(x1, x2)
+        return dot / torch.sqrt(m1 * m2)
 
     def similarity_vjp(
         self,
@@ -272,11 +337,13 @@ class SmoothCosine(Distance):
         needs: tuple[bool, bool] = (True, True),
     ) -> Grads:
         """Return ``grad_cos · ∂cos/∂x1`` and ``grad_cos · ∂cos/∂x2``."""
-        m1 = self._squared_norms(x1)
-        m2 = self._squared_norms(x2)
+        _, m1, m2 = self._row_terms(x1, x2)
         # With mᵢ = ‖xᵢ‖² + ε: ∂cos/∂x1 = x2/√(m1 m2) − cos · x1/m1, and the
         # same with 1 and 2 swapped.
         shared = grad_cos / torch.sqrt(m1 * m2)
+        if triton_ops.use_triton(x1):
+            own1, own2 = -grad_cos * cos / m1, -grad_cos * cos / m2
+            return _combine_pair(x1, x2, (own1, shared, shared, own2), needs)
         grad_x1 = grad_x2 = None
         if needs[0]:
             grad_x1 = _combine(x2, shared, x1, -grad_cos * cos / m1)

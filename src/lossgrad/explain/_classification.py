@@ -213,8 +213,12 @@ def build_probabilities(values: Values) -> Case:
 
 
 def softplus(x: Tensor) -> Tensor:
-    """Return log(1 + eˣ) without overflow."""
-    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+    """Return log(1 + eˣ) without overflow.
+
+    PyTorch's softplus is smooth at 0 in autograd too, unlike the split form
+    max(x, 0) + log(1 + e^−|x|), whose two pieces each have a kink there.
+    """
+    return torch.nn.functional.softplus(x)
 
 
 def with_logits_reference(case: Case) -> Tensor:

@@ -53,14 +53,14 @@ def distance(name: str, x1: Tensor, x2: Tensor) -> Tensor:
     return 1 - cosine(x1, x2)
 
 
-def coincident_rows(name: str, x1: Tensor, x2: Tensor, what: str) -> list[str]:
-    """List the rows where a euclidean or p-norm distance sits at its cone point x₁ = x₂."""
+def coincident_rows(name: str, x1: Tensor, x2: Tensor, what: str, rows: list[int] | None = None) -> list[str]:
+    """List the rows (all, or those in ``rows``) where a euclidean or p-norm distance is at x₁ = x₂."""
     if name in ("squared_euclidean", "cosine"):
         return []
     gaps = norm(x1 - x2)
     return [
         f"row {row}: {what} coincide, where the distance has no derivative"
-        for row in range(gaps.shape[0])
+        for row in (range(gaps.shape[0]) if rows is None else rows)
         if float(gaps[row]) <= KINK_RADIUS
     ]
 
@@ -351,17 +351,20 @@ def triplet_kinks(case: Case) -> list[str]:
         for row in range(gap.shape[0])
         if abs(float(gap[row])) <= KINK_RADIUS
     ]
+    # Where the hinge is silent the gradient is 0 on both sides of a distance's
+    # own kink, so only rows with an active hinge can sit on one.
+    active = [row for row in range(gap.shape[0]) if float(gap[row]) > -KINK_RADIUS]
     name = str(case.options.get("distance") or "euclidean")
     anchor, positive, negative = (case.arguments[key] for key in ("anchor", "positive", "negative"))
-    kinks += coincident_rows(name, anchor, positive, "the anchor and the positive")
-    kinks += coincident_rows(name, anchor, negative, "the anchor and the negative")
+    kinks += coincident_rows(name, anchor, positive, "the anchor and the positive", active)
+    kinks += coincident_rows(name, anchor, negative, "the anchor and the negative", active)
     if case.options["swap"]:
-        kinks += coincident_rows(name, positive, negative, "the positive and the negative")
+        kinks += coincident_rows(name, positive, negative, "the positive and the negative", active)
         swapped = triplet_distance(case, positive, negative)
         direct = triplet_distance(case, anchor, negative)
         kinks += [
             f"row {row}: d(p, n) = d(a, n), where swap's min switches"
-            for row in range(direct.shape[0])
+            for row in active
             if abs(float(swapped[row] - direct[row])) <= KINK_RADIUS
         ]
     return kinks

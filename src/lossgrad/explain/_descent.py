@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ._check import closed_form
 from ._table import Case, Explainer
+from ._values import UsageError
 
 __all__ = ["Step", "descend"]
 
@@ -22,14 +23,19 @@ class Step:
     watched: dict[str, Tensor]
 
 
-def descend(explainer: Explainer, case: Case, steps: int, learning_rate: float) -> list[Step]:
+def descend(explainer: Explainer, case: Case, steps: int, learning_rate: float) -> tuple[list[Step], str | None]:
     """Run ``steps`` updates x ← x − η·∂ℓ/∂x on every input in ``case.wrt``.
 
-    Returns ``steps + 1`` rows: the start and the state after each update.
+    Returns ``steps + 1`` rows (the start and the state after each update)
+    and None, or fewer rows and the loss's error message when an update moved
+    an input where the loss rejects it (a probability past 1).
     """
-    table = []
+    table: list[Step] = []
     for index in range(steps + 1):
-        loss, gradients = closed_form(explainer, case)
+        try:
+            loss, gradients = closed_form(explainer, case)
+        except UsageError as error:
+            return table, f"stopped before step {index}: {error}"
         inputs = {name: case.arguments[name].detach().clone() for name in case.wrt}
         watched = {name: value.detach() for name, value in explainer.watch(case).items()}
         table.append(Step(index, float(loss), inputs, watched))
@@ -37,4 +43,4 @@ def descend(explainer: Explainer, case: Case, steps: int, learning_rate: float) 
             break
         updated = {name: case.arguments[name] - learning_rate * gradients[name] for name in case.wrt}
         case = case.replace(**updated)
-    return table
+    return table, None

@@ -6,17 +6,13 @@ import torch
 from torch import Tensor
 
 from ._classification import class_indices, log_softmax, softmax
-from ._table import Case, Example, Explainer, Sweep, same_shape
+from ._table import Case, Example, Explainer, Sweep, no_kinks, same_shape
 from ._values import UsageError, Values
 
 __all__ = ["EXPLAINERS", "counted_rows", "js_rows", "kd_rows", "kl_rows", "reduce_rows"]
 
 ROW_REDUCTIONS = ("batchmean", "sum")
 
-
-def no_kinks(case: Case) -> list[str]:
-    """The loss is differentiable everywhere."""
-    return []
 
 
 # 1. kl_div
@@ -44,7 +40,7 @@ def target_probability(case: Case) -> Tensor:
 
 
 def kl_div_reference(case: Case) -> Tensor:
-    """Return Σ q (log q − x) with 0 log 0 = 0, divided as the reduction says."""
+    """Return Σ q (log q − x) with 0 log 0 = 0, divided by the reduction's normaliser."""
     x = case.arguments["input"]
     q = target_probability(case)
     log_q = torch.where(q > 0, q.clamp(min=1e-300).log(), torch.zeros_like(q))
@@ -145,7 +141,7 @@ def kd_rows(student: Tensor, teacher: Tensor, target: Tensor | None, temperature
 
 
 def js_rows(student: Tensor, teacher: Tensor, temperature: float, beta: float) -> Tensor:
-    """Return T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)) / (β (1 − β)) per row, the KL limits at β = 0 and 1."""
+    """Return T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)) per row, and the KL divergences at β = 0 and 1."""
     log_student = log_softmax(student / temperature)
     log_teacher = log_softmax(teacher / temperature)
     student_p, teacher_p = log_student.exp(), log_teacher.exp()
@@ -155,10 +151,9 @@ def js_rows(student: Tensor, teacher: Tensor, temperature: float, beta: float) -
         per_row = kl_rows(student_p, log_student, log_teacher)
     else:
         log_mixture = (beta * teacher_p + (1 - beta) * student_p).log()
-        per_row = (
-            beta * kl_rows(teacher_p, log_teacher, log_mixture)
-            + (1 - beta) * kl_rows(student_p, log_student, log_mixture)
-        ) / (beta * (1 - beta))
+        per_row = beta * kl_rows(teacher_p, log_teacher, log_mixture) + (1 - beta) * kl_rows(
+            student_p, log_student, log_mixture
+        )
     return temperature**2 * per_row
 
 
@@ -282,8 +277,9 @@ EXPLAINERS = (
             Example(
                 {"input": "2.0,1.0,0.1", "other": "0.5,2.5,0.3"},
                 "Both distributions are compared with their mixture M instead of each other, so "
-                "the loss stays finite where one of them is 0. The division by β(1 − β) keeps it "
-                "continuous in β: at --beta 0 it is KL(pᵗ ‖ pˢ), the soft term of kd_loss.",
+                "the loss stays finite where one of them is 0. At β = 0.5 it is symmetric and at "
+                "most T² log 2. At --beta 0 it is defined as KL(pᵗ ‖ pˢ), the soft term of "
+                "kd_loss.",
             ),
             Example(
                 {"input": "2.0,1.0,0.1", "other": "0.5,2.5,0.3", "beta": "0"},

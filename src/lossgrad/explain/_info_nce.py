@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ._classification import log_softmax, softmax
 from ._embedding import norm
-from ._table import Case, Example, Explainer, Sweep, reduce, same_shape
+from ._table import Case, Example, Explainer, Sweep, no_kinks, reduce, same_shape
 from ._values import UsageError, Values
 
 __all__ = ["EXPLAINERS"]
@@ -90,10 +90,6 @@ def place_key_cosine(case: Case, t: Tensor) -> Case:
     mask[0] = 1.0
     return case.replace(key=key * (1 - mask) + mask * turned)
 
-
-def no_kinks(case: Case) -> list[str]:
-    """The loss is differentiable wherever no embedding is 0."""
-    return []
 
 
 EXPLAINERS = (

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ._classification import class_indices, log_softmax, softmax
 from ._divergence import js_rows, kd_rows, reduce_rows
-from ._table import Case, Example, Explainer, Sweep
+from ._table import Case, Example, Explainer, Sweep, no_kinks
 from ._values import UsageError, Values
 
 __all__ = ["EXPLAINERS"]
@@ -26,10 +26,6 @@ def read_head(values: Values, input_key: str, weight_key: str) -> tuple[Tensor, 
         )
     return hidden, weight
 
-
-def no_kinks(case: Case) -> list[str]:
-    """The loss is differentiable everywhere."""
-    return []
 
 
 # 1. linear_cross_entropy
@@ -81,7 +77,7 @@ def linear_cross_entropy_reference(case: Case) -> Tensor:
     smoothing = float(case.options["label_smoothing"])
     q = (1 - smoothing) * one_hot + smoothing / classes
     log_p = log_softmax(logits)
-    lse = logits - log_p  # every column holds the row's log-sum-exp
+    lse = logits - log_p  # every column contains the row's log-sum-exp
     target_weight = class_weight[safe_target]
     per_row = -(class_weight * q * log_p).sum(dim=1) + float(case.options["z_loss"]) * target_weight * lse[:, 0] ** 2
     per_row = per_row * kept.double()

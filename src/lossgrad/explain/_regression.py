@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ._check import KINK_RADIUS
-from ._table import Case, Example, Explainer, Sweep, reduce, same_shape
+from ._table import Case, Example, Explainer, Sweep, no_kinks, reduce, same_shape
 from ._values import UsageError, Values
 
 __all__ = ["EXPLAINERS"]
@@ -89,10 +89,6 @@ def smooth_l1_kinks(case: Case) -> list[str]:
     """With β = 0 smooth L1 is L1 and has a kink at zero residual; otherwise it is smooth."""
     return zero_residual_kinks(case) if float(case.options["beta"]) == 0 else []
 
-
-def no_kinks(case: Case) -> list[str]:
-    """The loss is differentiable everywhere."""
-    return []
 
 
 def place_residual(case: Case, t: Tensor) -> Case:

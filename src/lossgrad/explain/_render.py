@@ -103,6 +103,8 @@ def steps_lines(case: dict[str, Any]) -> list[str]:
     lines = [f"  gradient descent, learning rate {case['learning_rate']:g}:"]
     for row in [header, *rows]:
         lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if case["steps_stopped"]:
+        lines.append(f"  {case['steps_stopped']}")
     return lines
 
 

@@ -102,9 +102,11 @@ def case_report(
         "note": note,
     }
     if steps > 0:
+        table, stopped = descend(explainer, case, steps, learning_rate)
         report["learning_rate"] = learning_rate
         report["steps"] = [
             {"step": step.index, "loss": step.loss, "inputs": plain(step.inputs), "watch": plain(step.watched)}
-            for step in descend(explainer, case, steps, learning_rate)
+            for step in table
         ]
+        report["steps_stopped"] = stopped
     return report

@@ -1,10 +1,10 @@
 """The explainer table: what ``lossgrad explain`` needs to know about each loss.
 
 A loss joins the command by adding one :class:`Explainer` row to a family
-module (``_regression.py`` and its siblings). The row says which values the
-loss takes, how to turn them into tensors, an independent float64 formula to
-check the library against, the quantity worth watching during gradient
-descent, where the loss has kinks and what to plot it against.
+module (``_regression.py`` and its siblings). The row gives the values the
+loss takes and how to turn them into tensors. It also gives an independent
+float64 formula to check the library against, the quantity worth watching
+during gradient descent, where the loss has kinks and what to plot it against.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 import lossgrad
 
 from ._values import UsageError, Values
 
-__all__ = ["Case", "Example", "Explainer", "Sweep", "reduce", "rows_of"]
+__all__ = ["Case", "Example", "Explainer", "Sweep", "describe_shape", "no_kinks", "reduce", "same_shape"]
 
 
 @dataclass
@@ -123,13 +122,9 @@ class Explainer:
             raise UsageError(f"{self.name}: {error}") from error
 
 
-def rows_of(tensor: Tensor) -> int:
-    """Return the batch size of a 1-D (one row) or N x D tensor."""
-    return 1 if tensor.dim() < 2 else tensor.shape[0]
-
 
 def reduce(per_item: Tensor, reduction: object, rows: int | None = None) -> Tensor:
-    """Combine per-element (or per-row) losses the way ``reduction`` says.
+    """Combine per-element (or per-row) losses as ``reduction`` specifies.
 
     ``batchmean`` divides the sum by ``rows``, the batch size.
     """
@@ -140,6 +135,11 @@ def reduce(per_item: Tensor, reduction: object, rows: int | None = None) -> Tens
     if reduction == "batchmean":
         return per_item.sum() / (rows if rows is not None else per_item.shape[0])
     raise UsageError(f"--reduction: expected mean, sum or batchmean, got {reduction!r}")
+
+
+def no_kinks(case: Case) -> list[str]:
+    """Return no kinks, for a loss that is differentiable everywhere."""
+    return []
 
 
 def same_shape(first: str, a: Tensor, second: str, b: Tensor) -> None:
@@ -157,7 +157,3 @@ def describe_shape(tensor: Tensor) -> str:
         return f"{tensor.numel()} value(s)"
     return f"{tensor.shape[0]} rows of {tensor.shape[1]}"
 
-
-def as_float64(tensor: Tensor) -> Tensor:
-    """Return a detached float64 copy."""
-    return tensor.detach().to(torch.float64).clone()

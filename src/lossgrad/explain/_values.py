@@ -126,7 +126,7 @@ class Values:
     origin: str = "the command line"
 
     def has(self, key: str) -> bool:
-        """Whether the user gave ``key``."""
+        """Return whether the user gave ``key``."""
         return key in self.text
 
     def rows(self, key: str) -> list[list[float]]:

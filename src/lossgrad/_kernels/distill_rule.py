@@ -173,7 +173,7 @@ def js_rule(
     temperature: float = 1.0,
     ignore_index: int = -100,
 ) -> RowRule:
-    """Build the row rule of the normalised generalised Jensen-Shannon divergence.
+    """Build the row rule of the generalised Jensen-Shannon divergence.
 
     Args:
         teacher: ``N x V`` teacher logits, one row per row of student logits.
@@ -185,30 +185,40 @@ def js_rule(
 
     Per row, with ``M = β p_t + (1 − β) p_s`` and ``0 < β < 1``::
 
-        loss = T² (β KL(p_t ‖ M) + (1 − β) KL(p_s ‖ M)) / (β (1 − β))
+        loss = T² (β KL(p_t ‖ M) + (1 − β) KL(p_s ‖ M))
 
-    which tends to ``T² KL(p_t ‖ p_s)`` as ``β → 0`` and to ``T² KL(p_s ‖ p_t)``
-    as ``β → 1``. Those limits are the values at ``β = 0`` and ``β = 1``. They
-    are also used for any ``β`` within the compute dtype's machine epsilon of
-    an end.
+    ``β = 0`` is defined as ``T² KL(p_t ‖ p_s)`` and ``β = 1`` as
+    ``T² KL(p_s ‖ p_t)``. Those are not the limits of the formula, which tends
+    to 0 at both ends: the loss jumps at ``β = 0`` and ``β = 1`` by design.
     """
     counted_all = _counted_rows(target, ignore_index)
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
         log_p_s, p_s, lse_s = log_softmax_pair(x, temperature)
         log_p_t, p_t, lse_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
-        # Within machine epsilon of an end, the normalised JSD differs from its
-        # limit by less than rounding. Dividing by such a β or 1 − β is not safe
-        # (it may be a subnormal number), so the limit is used there.
-        eps = torch.finfo(x.dtype).eps
-        if beta < eps:
+        if beta == 0.0:
             loss = _forward_kl(log_p_t, p_t, log_p_s)
             # ∂KL(p_t ‖ p_s)/∂z = p_s − p_t.
             out.copy_(p_s.sub_(p_t))
-        elif 1.0 - beta < eps:
+        elif beta == 1.0:
             loss = _reverse_kl_(log_p_s, p_s, log_p_t, out)
         else:
-            loss = _normalised_js_(log_p_s, p_s, log_p_t, p_t, beta, out)
+            # The mixed form is computed divided by β(1 − β), whose log-ratios
+            # keep full precision near the ends, then scaled back. Within
+            # machine epsilon of an end, where dividing by β or 1 − β is not
+            # safe (β may be subnormal), the first-order term β(1 − β) · KL is
+            # used; it differs from the formula by a relative O(β).
+            eps = torch.finfo(x.dtype).eps
+            if beta < eps:
+                loss = _forward_kl(log_p_t, p_t, log_p_s)
+                out.copy_(p_s.sub_(p_t))
+            elif 1.0 - beta < eps:
+                loss = _reverse_kl_(log_p_s, p_s, log_p_t, out)
+            else:
+                loss = _normalised_js_(log_p_s, p_s, log_p_t, p_t, beta, out)
+            weight = beta * (1.0 - beta)
+            loss = loss.mul_(weight)
+            out.mul_(weight)
         # The branches give J and ∂J/∂z at z = s/T. The loss is T² J, and
         # ∂(T² J)/∂s = T² · (1/T) ∂J/∂z = T ∂J/∂z.
         loss = _mark_invalid(loss.mul_(temperature**2), _invalid_rows(lse_s, lse_t))

@@ -479,16 +479,16 @@ def kd_loss(
 @documented(
     Formula(
         name="js_div",
-        summary="ℓ = T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)) / (β (1 − β)), M = β pᵗ + (1 − β) pˢ",
+        summary="ℓ = T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)), M = β pᵗ + (1 − β) pˢ",
         loss=(
             "M = β pᵗ + (1 − β) pˢ\n"
-            "ℓ = T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)) / (β (1 − β))    0 < β < 1\n"
-            "ℓ = T² KL(pᵗ ‖ pˢ)    β = 0 (forward KL, the limit as β → 0)\n"
-            "ℓ = T² KL(pˢ ‖ pᵗ)    β = 1 (reverse KL, the limit as β → 1)\n"
+            "ℓ = T² (β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M))    0 < β < 1\n"
+            "ℓ = T² KL(pᵗ ‖ pˢ)    β = 0 (forward KL, by definition)\n"
+            "ℓ = T² KL(pˢ ‖ pᵗ)    β = 1 (reverse KL, by definition)\n"
             "ℓ = 0 for a row whose target is ignore_index; a zero probability adds 0"
         ),
         gradient=(
-            "∂ℓ/∂sⱼ = T pˢⱼ (ψⱼ − Σᵢ pˢᵢ ψᵢ),   ψⱼ = log(pˢⱼ / Mⱼ) / β    0 < β < 1\n"
+            "∂ℓ/∂sⱼ = T pˢⱼ (ψⱼ − Σᵢ pˢᵢ ψᵢ),   ψⱼ = (1 − β) log(pˢⱼ / Mⱼ)    0 < β < 1\n"
             "∂ℓ/∂sⱼ = T (pˢⱼ − pᵗⱼ)                                      β = 0\n"
             "∂ℓ/∂sⱼ = T pˢⱼ (ψⱼ − Σᵢ pˢᵢ ψᵢ),   ψⱼ = log(pˢⱼ / pᵗⱼ)      β = 1\n"
             "∂ℓ/∂t = 0: the teacher is a constant"
@@ -514,11 +514,9 @@ def js_div(
     """Compute the generalised Jensen-Shannon divergence between student and teacher.
 
     The divergence of each distribution from their mixture ``M``, weighted by
-    ``β``, is divided by ``β (1 − β)``. That makes the loss continuous in
-    ``β`` on ``[0, 1]``: it tends to the forward KL divergence
-    ``KL(pᵗ ‖ pˢ)`` as ``β → 0`` and to the reverse one ``KL(pˢ ‖ pᵗ)`` as
-    ``β → 1``, which are its values at ``β = 0`` and ``β = 1``. Each row's
-    loss and gradient come from one pass.
+    ``β``. At the ends the loss is defined as a KL divergence: the forward
+    ``KL(pᵗ ‖ pˢ)`` at ``β = 0`` and the reverse ``KL(pˢ ‖ pᵗ)`` at ``β = 1``.
+    Each row's loss and gradient come from one pass.
 
     {formula}
 
@@ -566,14 +564,13 @@ def js_div(
         >>> loss.backward()
 
     Notes:
-        The unnormalised form ``β KL(pᵗ ‖ M) + (1 − β) KL(pˢ ‖ M)`` tends to
-        0 at both ends of ``β``, so defining its ends as the KL divergences
-        makes it jump there. This loss is that form divided by ``β (1 − β)``,
-        4 times it at ``β = 0.5``. Near the ends each log-ratio is computed
-        with ``log1p`` and ``expm1``, so the value stays accurate as ``β``
-        approaches 0 or 1 (tested at 1e-12 from either end in float64).
-        Within the compute dtype's machine epsilon of an end, the KL limit
-        is used.
+        The mixed form tends to 0 at both ends of ``β``, so the loss jumps
+        at ``β = 0`` and ``β = 1``, where it is defined as the KL divergences
+        above. Divide by ``β (1 − β)`` for a form that is continuous in
+        ``β``. Near the ends each log-ratio is computed with ``log1p`` and
+        ``expm1``, so the value stays accurate as ``β`` approaches 0 or 1;
+        within the compute dtype's machine epsilon of an end the first-order
+        term ``β (1 − β) KL`` is used.
         For ``β = 1`` the loss is ``+inf`` (and the gradient NaN) where the
         teacher probability is 0 and the student's is not. The computation
         runs in float32 for half and float32 logits, float64 for float64.

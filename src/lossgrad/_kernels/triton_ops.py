@@ -66,11 +66,14 @@ def force_triton(enabled: bool) -> None:
 def use_triton(tensor: Tensor) -> bool:
     """Decide whether ``tensor``'s loss runs on the Triton kernels.
 
-    Under ``torch.func`` transforms the PyTorch path runs, because the
-    custom ops have no batching rule. ``LOSSGRAD_DISABLE_TRITON=1`` turns the
-    kernels off.
+    The kernels compute in float32, so float64 tensors take the PyTorch path,
+    which keeps float64. So do tensors under ``torch.func`` transforms,
+    because the custom ops have no batching rule. ``LOSSGRAD_DISABLE_TRITON=1``
+    turns the kernels off.
     """
     if not HAS_TRITON or os.environ.get("LOSSGRAD_DISABLE_TRITON") == "1":
+        return False
+    if tensor.dtype == torch.float64:
         return False
     if torch._C._are_functorch_transforms_active():
         return False

@@ -29,6 +29,7 @@ from .._checks import (
 )
 from .._formula import Formula, documented
 from .._kernels.distill_rule import js_rule, kd_rule
+from .._kernels import triton_ops
 from .._kernels.rows import RowRule, fused_rows
 from .._reduction import accumulate_dtype, grad_scale, reduce_loss
 
@@ -73,7 +74,10 @@ class KLDivFunction(torch.autograd.Function):
     def forward(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> Tensor:
         out_dtype = torch.promote_types(input.dtype, target.dtype)
         dtype = accumulate_dtype(out_dtype)
-        loss = _kl_pointwise(input.to(dtype), target.to(dtype), log_target)
+        if triton_ops.use_triton(input) and input.shape == target.shape:
+            loss, _ = triton_ops.kl_div_pointwise(input, target, log_target=log_target)
+        else:
+            loss = _kl_pointwise(input.to(dtype), target.to(dtype), log_target)
         return reduce_loss(loss, reduction, _kl_denominator(input, reduction), dtype=out_dtype)
 
     @staticmethod
@@ -222,6 +226,9 @@ class _RowLoss:
 
     name: str
     make_rule: Callable[[Tensor, Tensor | None], RowRule]
+    # The same loss on the Triton kernels: (student, teacher, target rows) to
+    # (loss per row, gradient per row), used where triton_ops.use_triton says so.
+    triton_rows: Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor]]
     ignore_index: int
     reduction: str
 
@@ -264,8 +271,11 @@ class DistillRowsFunction(torch.autograd.Function):
         target_rows = None if target is None else target.reshape(-1)  # N
         if torch._C._are_functorch_transforms_active():
             student_rows = _batched_like(student_rows, teacher_rows, target_rows)
-        rule = loss.make_rule(teacher_rows, target_rows)
-        row_loss, grad = fused_rows(student_rows, rule)
+        if triton_ops.use_triton(student_rows):
+            row_loss, grad = loss.triton_rows(student_rows, teacher_rows, target_rows)
+        else:
+            rule = loss.make_rule(teacher_rows, target_rows)
+            row_loss, grad = fused_rows(student_rows, rule)
         dtype = row_loss.dtype
         if target_rows is None:
             count = torch.full((), student_rows.shape[0], dtype=dtype, device=student.device)
@@ -469,7 +479,17 @@ def kd_loss(
             ignore_index=ignore_index,
         )
 
-    loss = _RowLoss("kd_loss", make_rule, ignore_index, reduction)
+    def triton_rows(student_rows, teacher_rows, target_rows):
+        return triton_ops.kd_rows(
+            student_rows,
+            teacher_rows,
+            target_rows,
+            temperature=temperature,
+            alpha=alpha,
+            ignore_index=ignore_index,
+        )
+
+    loss = _RowLoss("kd_loss", make_rule, triton_rows, ignore_index, reduction)
     value, _, _ = DistillRowsFunction.apply(
         student_logits, teacher_logits.detach(), target, loss
     )
@@ -592,7 +612,17 @@ def js_div(
             ignore_index=ignore_index,
         )
 
-    loss = _RowLoss("js_div", make_rule, ignore_index, reduction)
+    def triton_rows(student_rows, teacher_rows, target_rows):
+        return triton_ops.js_rows(
+            student_rows,
+            teacher_rows,
+            target_rows,
+            temperature=temperature,
+            beta=beta,
+            ignore_index=ignore_index,
+        )
+
+    loss = _RowLoss("js_div", make_rule, triton_rows, ignore_index, reduction)
     value, _, _ = DistillRowsFunction.apply(
         student_logits, teacher_logits.detach(), target, loss
     )

@@ -538,6 +538,24 @@ def test_cross_entropy_double_backward_raises():
         torch.autograd.grad(loss, logits, create_graph=True)
 
 
+@pytest.mark.parametrize(
+    "function, target",
+    [
+        (lossgrad.cross_entropy, torch.tensor([0, 1, 2])),
+        (lossgrad.binary_cross_entropy_with_logits, torch.rand(3, 4)),
+        (lossgrad.binary_cross_entropy, torch.rand(3, 4)),
+    ],
+)
+def test_second_backward_retain_graph(function, target):
+    """A retained graph keeps the saved gradient intact for the next backward."""
+    inputs = torch.rand(3, 4, requires_grad=True)
+    loss = function(inputs * 1, target)
+    loss.backward(retain_graph=True)
+    first = inputs.grad.clone()
+    loss.backward()
+    assert_close(inputs.grad, 2 * first, "grad after two backward passes")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cross_entropy_inplace_backward_same_grad(dtype):
     generator = torch.Generator().manual_seed(0)

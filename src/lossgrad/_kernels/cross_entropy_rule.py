@@ -91,18 +91,18 @@ def _shift_(x: Tensor, out: Tensor) -> None:
         torch.sub(x, m, out=out)
 
 
-def _normalise_(out: Tensor) -> Tensor:
-    """Turn ``x − m`` in ``out`` into probabilities in place; return log Σ exp(x − m).
+def _exponentiate_(out: Tensor) -> Tensor:
+    """Replace ``x − m`` in ``out`` by exp(x − m) in place; return the row sums.
 
     The sum is at least 1 when the row has a finite logit (its maximum gives
-    exp 0 = 1). A row of ``-inf`` sums to 0, keeps all-zero probabilities and
-    gets 0 in place of log 0, so that no NaN appears downstream.
+    exp 0 = 1). A row of ``-inf`` sums to 0 and gets 1 instead, so that its
+    all-zero row divides to probabilities 0 and its log-sum is 0, not NaN.
+    Probabilities are ``out / total``; the rules fold that division into the
+    gradient's row factor to save a pass over the chunk.
     """
     out.exp_()
     total = out.sum(dim=-1, keepdim=True)  # chunk x 1
-    total = torch.where(total > 0, total, 1.0)
-    out.div_(total)
-    return total.log()
+    return torch.where(total > 0, total, 1.0)
 
 
 def _finite_mask(shifted: Tensor, out: Tensor | None = None) -> Tensor:
@@ -151,12 +151,14 @@ def _class_index_rule(
         w_y = kept.to(x.dtype) if w is None else w[y] * kept
         a = (1.0 - eps) * w_y
 
-        # 2. Shifted logits and softmax; z_y is read before out overwrites x.
+        # 2. Shifted logits and their exponentials; z_y is read before out
+        #    overwrites x.
         _shift_(x, out)
         z_y = out.gather(-1, y)  # chunk x 1, x_y − m
         if eps > 0:
             count, weight_sum, shifted_sum, smooth_weight = _smoothing_terms(out, w)
-        log_total = _normalise_(out)
+        total = _exponentiate_(out)
+        log_total = total.log()
 
         # 3. Loss. −log p_y = log_total − (x_y − m), which is +inf when x_y is
         #    −inf. A zero coefficient keeps 0 · inf out of the result.
@@ -175,7 +177,7 @@ def _class_index_rule(
         #    smoothing    (ε/K) (p_j Σ_{c finite} w_c − w_j [x_j finite])
         #    An ignored row has s = 0 and a = b = 0, so its gradient is exactly
         #    0 whenever its probabilities are not NaN (no NaN or +inf logit).
-        out.mul_(s)
+        out.mul_(s / total)  # exp(x − m) / total = p
         if eps > 0:
             out.sub_(smooth_weight.mul_(b))
         out.scatter_add_(-1, y, -a)
@@ -201,11 +203,11 @@ def _probability_rule(target: Tensor, weight: Tensor | None, eps: float) -> RowR
         # 2. Loss Σ_c w_c q_c (log_total − (x_c − m)). A class with w_c q_c = 0
         #    adds 0 even where its logit is −inf: nansum drops the 0 · (−inf).
         shifted_sum = torch.nansum(wq * out, dim=-1, keepdim=True)
-        log_total = _normalise_(out)
-        loss = s * log_total - shifted_sum
+        total = _exponentiate_(out)
+        loss = s * total.log() - shifted_sum
 
-        # 3. Gradient p_j Σ_c w_c q_c − w_j q_j.
-        out.mul_(s).sub_(wq)
+        # 3. Gradient p_j Σ_c w_c q_c − w_j q_j, with p = exp(x − m) / total.
+        out.mul_(s / total).sub_(wq)
         return loss.squeeze(-1)
 
     return rule

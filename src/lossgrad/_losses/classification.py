@@ -56,17 +56,38 @@ def _output_scale(ctx, grad_output: Tensor, compute: torch.dtype) -> Tensor:
     return scale
 
 
-def _scale_gradient(grad: Tensor, scale: Tensor, *, inplace: bool = False) -> Tensor:
+def _scale_gradient(grad: Tensor, scale: Tensor) -> Tensor:
     """Multiply the saved gradient by ``scale`` in the compute dtype.
 
-    Without ``inplace`` a new tensor is returned, so that the saved gradient
-    survives for a second backward (``retain_graph=True``).
+    The product overwrites the saved gradient when this backward is its last
+    use, which saves a tensor of the input's size. When the graph is kept
+    (``retain_graph=True``, ``gradcheck``, ``torch.func.vjp``) a new tensor
+    is returned so that the saved gradient survives for the next backward.
     """
     compute = accumulate_dtype(grad.dtype)
+    if _is_last_backward():
+        if grad.dtype == compute:
+            return grad.mul_(scale)
+        return grad.copy_(grad.to(compute).mul_(scale))
     if grad.dtype == compute:
-        return grad.mul_(scale) if inplace else grad * scale
-    scaled = grad.to(compute).mul_(scale)
-    return grad.copy_(scaled) if inplace else scaled.to(grad.dtype)
+        return grad * scale
+    return (grad.to(compute) * scale).to(grad.dtype)
+
+
+def _is_last_backward() -> bool:
+    """Return whether the running backward frees the graph after itself.
+
+    NOTE: reads a private PyTorch hook (present in 2.13, where the
+    torch.compile runtime uses it too); without it the answer is False.
+    Under torch.compile and torch.func the answer is False as well: the
+    compiler cannot trace the hook and plans the memory itself.
+    """
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if keep_graph is None or torch.compiler.is_compiling():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return False
+    return not keep_graph()
 
 
 def _check_no_grad_required(name: str, tensor: Tensor | None) -> None:
@@ -167,10 +188,10 @@ class _CrossEntropyFunction(torch.autograd.Function):
                     raise RuntimeError(
                         "cross_entropy(inplace_backward=True): the logits tensor, which "
                         "holds the gradient after the forward pass, was modified before "
-                        "backward (or backward ran twice). Leave it untouched until "
-                        "backward, or use inplace_backward=False"
+                        "backward. Leave it untouched until backward, or use "
+                        "inplace_backward=False"
                     )
-                grad_logits = _scale_gradient(ctx.logits, scale, inplace=True)
+                grad_logits = _scale_gradient(ctx.logits, scale)
             else:
                 (grad,) = ctx.saved_tensors
                 grad_logits = _scale_gradient(grad, scale)
@@ -288,15 +309,15 @@ def cross_entropy(
         inplace_backward: write the gradient over ``input`` in the forward
             pass instead of a new buffer, saving one ``N x C`` tensor. The
             logits are destroyed: after the call ``input`` contains the
-            unscaled gradient, which backward scales in place and passes on
-            as the gradient of the logits. Allowed only for 2-D logits with
+            unscaled gradient, which backward scales (in place unless the
+            graph is retained) and passes on as the gradient of the logits. Allowed only for 2-D logits with
             contiguous rows that are the output of an operation (not a leaf
             that requires grad), and not under ``torch.func`` transforms or
             ``torch.compile``. If an operation before the loss saved the
             logits for its own backward (``exp``, ``tanh``), that backward
             raises PyTorch's in-place modification error. Modifying ``input``
-            between the forward and the backward, or a second backward with
-            ``retain_graph=True``, raises a RuntimeError. Default: ``False``.
+            between the forward and the backward raises a RuntimeError.
+            Default: ``False``.
         validate: check the values of ``target`` (class indices in range)
             and the signs of ``weight``. ``None`` checks on CPU only, because
             on CUDA reading values synchronises with the host; pass ``True``

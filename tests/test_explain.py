@@ -568,6 +568,17 @@ def test_plot_curve_is_lossgrad_gradient() -> None:
             assert slope == 0.0
 
 
+def test_plot_range_widens_with_margin() -> None:
+    require("triplet_margin_loss")
+    from lossgrad.explain._plot import sweep_curve
+
+    explainer = _registry.EXPLAINERS["triplet_margin_loss"]
+    values = {**explainer.examples[0].values, "margin": "3"}
+    points, losses, _ = sweep_curve(explainer, explainer.build(_registry_values(values)))
+    assert points[-1] > 3.36
+    assert losses[-1] == 0.0
+
+
 def test_plot_of_different_axes_is_rejected(capsys, tmp_path: Path) -> None:
     require("binary_cross_entropy")
     require("binary_cross_entropy_with_logits")
@@ -616,6 +627,20 @@ def test_compare_fills_missing_target_from_example(capsys) -> None:
     other = report["compare"]["cases"][0]
     assert other["inputs"]["target"] == [-1.0]
     assert any("--target" in note for note in other["read_as"])
+
+
+def test_compare_picks_example_value_that_fits(capsys) -> None:
+    """negative_pair_loss has one pair, so contrastive_loss gets its one-pair example's label, 0."""
+    require("negative_pair_loss")
+    require("contrastive_loss")
+    report = explain_json(capsys, "negative_pair_loss", "--compare", "contrastive_loss")
+    main_case = report["cases"][0]
+    other = report["compare"]["cases"][0]
+    assert other["inputs"]["target"] == [0.0]
+    assert other["loss"] == pytest.approx(main_case["loss"])
+    other_gradient = torch.tensor(other["gradients"]["x1"]["closed_form"])
+    main_gradient = torch.tensor(main_case["gradients"]["x1"]["closed_form"])
+    assert torch.allclose(other_gradient, main_gradient, atol=1e-12)
 
 
 # 9. Kinks.
@@ -689,6 +714,7 @@ BAD_INPUTS = [
     (["l1_loss", "--reduction", "none"], "--reduction: expected one of mean, sum"),
     ([], "missing LOSS"),
     (["l1_loss", "--input"], "expected one argument"),
+    (["l1_loss", "--compare", "triplet_margin_loss"], "triplet_margin_loss takes none of these inputs"),
 ]
 
 

@@ -12,7 +12,7 @@ from ._registry import available, lookup
 from ._render import render_list, render_report
 from ._report import case_report, command_line, formula_report
 from ._table import Case, Explainer
-from ._values import OPTIONS, MissingValue, UsageError, Values
+from ._values import OPTIONS, MissingValue, UsageError, Values, flag_of
 
 __all__ = ["configure_parser", "main"]
 
@@ -149,21 +149,48 @@ def only_taken(values: Values, explainer: Explainer) -> Values:
 
 
 def build_compared(explainer: Explainer, values: Values) -> tuple[Case, Values]:
-    """Build the compared loss's case, filling a value it needs but was not given from its own example."""
+    """Build the compared loss's case, filling each value it needs but was not given.
+
+    A missing value is taken from the compared loss's worked examples: the
+    first candidate with which the case builds wins. The candidates are each
+    example's value, then its first number, which fits a batch of one row.
+    """
     values = only_taken(values, explainer)
-    example = explainer.examples[0].values
+    if not any(key in TENSOR_KEYS for key in values.text):
+        raise UsageError(
+            f"--compare: {explainer.name} takes none of these inputs; compare losses with the same inputs, "
+            "such as cross_entropy and binary_cross_entropy_with_logits"
+        )
     filled = []
     while True:
         try:
             case = explainer.build(values)
         except MissingValue as missing:
-            if missing.key not in example or missing.key in values.text:
+            if missing.key in values.text:
                 raise
-            values = Values({**values.text, missing.key: example[missing.key]}, values.origin)
-            filled.append(f"--{missing.key.replace('_', '-')} {example[missing.key]} taken from its worked example")
+            values = fill_from_examples(explainer, values, missing)
+            filled.append(f"{flag_of(missing.key)} {values.text[missing.key]} taken from its worked examples")
             continue
         case.notes.extend(filled)
         return case, values
+
+
+def fill_from_examples(explainer: Explainer, values: Values, missing: MissingValue) -> Values:
+    """Return ``values`` with the missing value set to the first example candidate that builds."""
+    texts = [example.values[missing.key] for example in explainer.examples if missing.key in example.values]
+    first_numbers = [text.split(";")[0].split(",")[0] for text in texts]
+    for candidate in dict.fromkeys(texts + first_numbers):
+        trial = Values({**values.text, missing.key: candidate}, values.origin)
+        try:
+            explainer.build(trial)
+        except MissingValue:
+            return trial
+        except UsageError:
+            continue
+        return trial
+    raise UsageError(
+        f"--compare {explainer.name}: it needs {flag_of(missing.key)} for these inputs; give it on the command line"
+    )
 
 
 def explain(args: argparse.Namespace) -> dict[str, Any]:

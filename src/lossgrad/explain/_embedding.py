@@ -290,7 +290,15 @@ def place_pair_distance(case: Case, t: Tensor) -> Case:
     return case.replace(x2=(x1 - t * direction).unsqueeze(0))
 
 
-PAIR_DISTANCE = Sweep("distance", "distance ‖x₁ − x₂‖ of the first pair", 0.0, 2.0, place_pair_distance)
+def widen_pair_distance(case: Case) -> tuple[float, float]:
+    """Return [0, twice the largest margin], at least [0, 2]."""
+    margins = [float(case.options[key]) for key in ("margin", "pos_margin", "neg_margin") if key in case.options]
+    return 0.0, max([2.0] + [2 * margin for margin in margins])
+
+
+PAIR_DISTANCE = Sweep(
+    "distance", "distance ‖x₁ − x₂‖ of the first pair", 0.0, 2.0, place_pair_distance, widen_pair_distance
+)
 
 
 # 5. The triplet loss.
@@ -378,6 +386,12 @@ def watch_triplet(case: Case) -> dict[str, Tensor]:
         "d⁻ = d(a, n)" if not case.options["swap"] else "d⁻": negative_distance,
         "d(a, p) − d⁻ + margin": positive_distance - negative_distance + float(case.options["margin"]),
     }
+
+
+def widen_negative_distance(case: Case) -> tuple[float, float]:
+    """Return a range past the point d(a, p) + margin where the first triplet's hinge goes silent."""
+    positive_distance, _ = triplet_parts(first_row(case))
+    return 0.0, max(3.0, float(positive_distance[0]) + 2 * float(case.options["margin"]))
 
 
 def place_negative_distance(case: Case, t: Tensor) -> Case:
@@ -475,6 +489,11 @@ EXPLAINERS = (
                 "reaches pos_margin. Row 1 is a dissimilar pair (y = 0) closer than neg_margin: it "
                 "is pushed apart until d reaches neg_margin, where its hinge goes silent.",
             ),
+            Example(
+                {**PULL_EXAMPLE, "target": "0"},
+                "A single dissimilar pair is negative_pair_loss with neg_margin as its margin: "
+                "the same push of unit size while d < neg_margin, and silence beyond it.",
+            ),
         ),
         sweep=PAIR_DISTANCE,
         learning_rate=0.1,
@@ -500,7 +519,14 @@ EXPLAINERS = (
                 "satisfied, and the loss and every gradient are exactly 0.",
             ),
         ),
-        sweep=Sweep("distance", "distance ‖a − n‖ from the anchor to the negative", 0.0, 3.0, place_negative_distance),
+        sweep=Sweep(
+            "distance",
+            "distance ‖a − n‖ from the anchor to the negative",
+            0.0,
+            3.0,
+            place_negative_distance,
+            widen_negative_distance,
+        ),
         learning_rate=0.1,
     ),
 )

@@ -21,8 +21,9 @@ def sweep_curve(explainer: Explainer, case: Case) -> tuple[list[float], list[flo
     ends in lossgrad's closed-form backward.
     """
     sweep = explainer.sweep
+    low, high = sweep.bounds(case)
     points, losses, slopes = [], [], []
-    for value in torch.linspace(sweep.low, sweep.high, POINTS, dtype=torch.float64):
+    for value in torch.linspace(low, high, POINTS, dtype=torch.float64):
         t = value.clone().requires_grad_(True)
         loss = explainer.call(sweep.place(case, t))
         slope = torch.autograd.grad(loss, t, allow_unused=True)[0] if loss.requires_grad else None

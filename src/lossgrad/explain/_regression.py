@@ -99,6 +99,16 @@ def place_residual(case: Case, t: Tensor) -> Case:
 
 RESIDUAL = Sweep("residual", "residual r = x − y", -2.0, 2.0, place_residual)
 
+
+def residual_sweep(option: str) -> Sweep:
+    """Return the residual sweep, widened to ±3 times the loss's ``option`` (δ or β) when that is larger."""
+
+    def widen(case: Case) -> tuple[float, float]:
+        half_width = max(2.0, 3 * float(case.options[option]))
+        return -half_width, half_width
+
+    return Sweep("residual", "residual r = x − y", -2.0, 2.0, place_residual, widen)
+
 EXPLAINERS = (
     Explainer(
         name="l1_loss",
@@ -156,7 +166,7 @@ EXPLAINERS = (
                 "at δ·sign(r): an outlier pulls no harder than δ.",
             ),
         ),
-        sweep=RESIDUAL,
+        sweep=residual_sweep("delta"),
     ),
     Explainer(
         name="smooth_l1_loss",
@@ -172,6 +182,6 @@ EXPLAINERS = (
                 "it is sign(r), exactly L1's. With --beta 0 it is L1 itself.",
             ),
         ),
-        sweep=RESIDUAL,
+        sweep=residual_sweep("beta"),
     ),
 )

@@ -20,7 +20,8 @@ def format_value(value: Any) -> str:
             return "[" + ", ".join(format_value(row) for row in value) + "]"
         return "(" + ", ".join(format_value(item) for item in value) + ")"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        # Adding 0.0 turns −0.0 into 0.0, so a zero gradient prints as 0.
+        return f"{value + 0.0:.6g}"
     return str(value)
 
 

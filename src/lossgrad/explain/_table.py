@@ -63,6 +63,8 @@ class Sweep:
         low, high: the plotted range.
         place: returns a one-row case, built from the given case, in which the
             swept quantity equals ``t`` (a 0-dim tensor that requires grad).
+        widen: returns a wider range for the case's options (a large margin),
+            or None to keep ``low, high``.
     """
 
     axis: str
@@ -70,6 +72,11 @@ class Sweep:
     low: float
     high: float
     place: Callable[[Case, Tensor], Case]
+    widen: Callable[[Case], tuple[float, float]] | None = None
+
+    def bounds(self, case: Case) -> tuple[float, float]:
+        """Return the plotted range for ``case``."""
+        return (self.low, self.high) if self.widen is None else self.widen(case)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ __all__ = [
     "Option",
     "UsageError",
     "Values",
+    "flag_of",
 ]
 
 

@@ -209,8 +209,9 @@ OPTIONS: tuple[Option, ...] = (
            "name of the CSV column holding the labels (default: label)", "NAME"),
     Option("fast", _parse_flag, False, "tiny quick mode: few epochs, 2 seeds", is_flag=True),
     Option("quiet", _parse_flag, False, "no progress bars, warnings only", is_flag=True),
-    Option("threads", _int_parser(1), 1, "CPU threads for torch (default: 1, which is "
-           "fastest for these small models)", "N"),
+    # The matrices here are at most 64 x 512, too small for intra-op threads to pay off: on a
+    # busy 2-core machine, --fast distill took 105 s with 2 threads and 9 s with 1.
+    Option("threads", _int_parser(1), 1, "CPU threads for torch (default: 1)", "N"),
     # In trial runs on digits the 32-unit student erred more than its hard-label twin at T=8
     # and as little at T=4, and recognised more of the omitted class at T=4.
     Option("temperature", _float_parser(0.0, 1000.0, open_low=True), 4.0,

@@ -155,6 +155,11 @@ def _summary(config: RunConfig, data: Dataset, results: dict) -> str:
     )
     best_accuracy = max(results, key=lambda name: results[name]["test_accuracy"]["mean"])
     best_ece = min(results, key=lambda name: results[name]["ece"]["mean"])
+    gaps = []
+    for name, stats in results.items():
+        gap = 100 * (stats["mean_confidence"]["mean"] - stats["test_accuracy"]["mean"])
+        side = "over" if gap > 0 else "under"
+        gaps.append(f"{name} {side}-confident by {abs(gap):.1f} points")
     seeds = ", ".join(map(str, config.seeds))
     return "\n".join([
         f"# Classification losses on {data.name}",
@@ -168,6 +173,6 @@ def _summary(config: RunConfig, data: Dataset, results: dict) -> str:
         "## Result",
         "",
         f"Highest mean test accuracy: {best_accuracy}. Lowest mean ECE (best calibrated): "
-        f"{best_ece}.",
+        f"{best_ece}. Mean confidence minus accuracy: {'; '.join(gaps)}.",
         "",
     ])

@@ -258,6 +258,8 @@ def _summary(config: RunConfig, data: Dataset, results: dict) -> str:
     trained = {name: stats for name, stats in results.items() if name in
                {method.name for method in METHODS}}
     best = max(trained, key=lambda name: trained[name]["recall_at_1"]["mean"])
+    baseline = results["input features (no training)"]["recall_at_1"]["mean"]
+    beat = [name for name, stats in trained.items() if stats["recall_at_1"]["mean"] > baseline]
     seeds = ", ".join(map(str, config.seeds))
     plane = "the first two principal components" if config.embedding_dim > 2 else "the embedding"
     return "\n".join([
@@ -272,6 +274,8 @@ def _summary(config: RunConfig, data: Dataset, results: dict) -> str:
         "## Result",
         "",
         f"Highest mean Recall@1: {best} "
-        f"({100 * trained[best]['recall_at_1']['mean']:.2f}%).",
+        f"({100 * trained[best]['recall_at_1']['mean']:.2f}%). {len(beat)} of {len(trained)} "
+        f"losses beat the untrained input features ({100 * baseline:.2f}%)"
+        + (f": {', '.join(beat)}." if beat else "."),
         "",
     ])

@@ -160,11 +160,35 @@ def info_nce(t: dict, o: dict) -> torch.Tensor:
     return F.cross_entropy(scores, torch.arange(scores.shape[0]), reduction=o["reduction"])
 
 
+def weighted(per_element: torch.Tensor, t: dict, o: dict, divide_by_weight_sum: bool) -> torch.Tensor:
+    """Return the sum, or the mean over the weight sum (or element count), of the weighted losses."""
+    weight = t["weight"]
+    if o["reduction"] == "sum":
+        return (weight * per_element).sum()
+    denominator = weight.sum() if divide_by_weight_sum else per_element.numel()
+    return (weight * per_element).sum() / denominator
+
+
+def regression(name: str) -> Callable[[dict, dict], torch.Tensor]:
+    """Return the PyTorch loss ``name``, weighted as lossgrad documents when a weight is given."""
+    options = {"huber_loss": ("delta",), "smooth_l1_loss": ("beta",)}.get(name, ())
+    function = getattr(F, name)
+
+    def compute(t: dict, o: dict) -> torch.Tensor:
+        extra = {key: o[key] for key in options}
+        if "weight" not in t:
+            return function(t["input"], t["target"], reduction=o["reduction"], **extra)
+        per_element = function(t["input"], t["target"], reduction="none", **extra)
+        return weighted(per_element, t, o, divide_by_weight_sum=name != "huber_loss")
+
+    return compute
+
+
 INDEPENDENT: dict[str, Callable[[dict, dict], torch.Tensor]] = {
-    "l1_loss": lambda t, o: F.l1_loss(t["input"], t["target"], reduction=o["reduction"]),
-    "mse_loss": lambda t, o: F.mse_loss(t["input"], t["target"], reduction=o["reduction"]),
-    "huber_loss": lambda t, o: F.huber_loss(t["input"], t["target"], reduction=o["reduction"], delta=o["delta"]),
-    "smooth_l1_loss": lambda t, o: F.smooth_l1_loss(t["input"], t["target"], reduction=o["reduction"], beta=o["beta"]),
+    "l1_loss": regression("l1_loss"),
+    "mse_loss": regression("mse_loss"),
+    "huber_loss": regression("huber_loss"),
+    "smooth_l1_loss": regression("smooth_l1_loss"),
     "cross_entropy": lambda t, o: F.cross_entropy(
         t["input"],
         t["target"],
@@ -353,6 +377,9 @@ def test_negative_pair_example_past_margin_is_silent(capsys) -> None:
 USER_INPUTS = [
     ("l1_loss", ["--input", "0.1,0.2,0.3", "--target", "0.4,0.25,0.1", "--reduction", "sum"]),
     ("mse_loss", ["--input", "1;2", "--target", "0;4"]),
+    ("l1_loss", ["--input", "0.1,0.2,0.3", "--target", "0.4,0.25,0.1", "--weight", "1,2,0.5"]),
+    ("mse_loss", ["--input", "1,2", "--target", "0,4", "--weight", "3,1"]),
+    ("huber_loss", ["--input", "0.5,3", "--target", "0,0", "--weight", "2,0.5"]),
     ("huber_loss", ["--input", "0.5,3", "--target", "0,0", "--delta", "0.5"]),
     ("smooth_l1_loss", ["--input", "0.5,3", "--target", "0,0", "--beta", "2"]),
     ("cross_entropy", ["--input", "1,2,3;0,0,1", "--target", "2,0", "--weight", "1,2,0.5", "--label-smoothing", "0.2"]),

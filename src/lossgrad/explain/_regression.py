@@ -11,20 +11,42 @@ from ._values import UsageError, Values
 __all__ = ["EXPLAINERS"]
 
 TAKES = ("input", "target", "reduction")
+WEIGHTED_TAKES = (*TAKES, "weight")
 
 
 def build(values: Values, **options: object) -> Case:
-    """Read ``--input`` (the prediction) and ``--target`` as tensors of the same shape."""
+    """Read ``--input`` (the prediction), ``--target`` and an optional ``--weight``, all of one shape."""
     prediction = values.array("input")
     target = values.array("target")
     same_shape("input", prediction, "target", target)
+    arguments = {"input": prediction, "target": target}
+    if values.has("weight"):
+        weight = values.array("weight")
+        same_shape("input", prediction, "weight", weight)
+        arguments["weight"] = weight
     reduction = values.choice("reduction", ("mean", "sum"), "mean")
-    return Case({"input": prediction, "target": target}, ("input",), {"reduction": reduction, **options})
+    return Case(arguments, ("input",), {"reduction": reduction, **options})
 
 
 def build_huber(values: Values) -> Case:
     """Read the regression inputs and ``--delta``."""
     return build(values, delta=values.number("delta", 1.0))
+
+
+def reduce_weighted(per_element: Tensor, case: Case, weight_sum_mean: bool) -> Tensor:
+    """Weight the per-element losses and reduce them.
+
+    A weighted ``mean`` divides by the weight sum when ``weight_sum_mean``
+    (l1_loss, mse_loss) and by the element count otherwise (huber_loss).
+    """
+    weight = case.arguments.get("weight")
+    if weight is None:
+        return reduce(per_element, case.options["reduction"])
+    total = (weight * per_element).sum()
+    if case.options["reduction"] == "sum":
+        return total
+    denominator = float(weight.sum()) if weight_sum_mean else per_element.numel()
+    return total * 0.0 if denominator == 0 else total / denominator
 
 
 def build_smooth_l1(values: Values) -> Case:
@@ -38,13 +60,13 @@ def residual(case: Case) -> Tensor:
 
 
 def l1_reference(case: Case) -> Tensor:
-    """Return mean or sum of |x − y|."""
-    return reduce(residual(case).abs(), case.options["reduction"])
+    """Return mean or sum of w |x − y|."""
+    return reduce_weighted(residual(case).abs(), case, weight_sum_mean=True)
 
 
 def mse_reference(case: Case) -> Tensor:
-    """Return mean or sum of (x − y)²."""
-    return reduce(residual(case) ** 2, case.options["reduction"])
+    """Return mean or sum of w (x − y)²."""
+    return reduce_weighted(residual(case) ** 2, case, weight_sum_mean=True)
 
 
 def huber_reference(case: Case) -> Tensor:
@@ -54,7 +76,7 @@ def huber_reference(case: Case) -> Tensor:
     per_element = (r.abs() <= delta).double() * 0.5 * r**2 + (r.abs() > delta).double() * delta * (
         r.abs() - 0.5 * delta
     )
-    return reduce(per_element, case.options["reduction"])
+    return reduce_weighted(per_element, case, weight_sum_mean=False)
 
 
 def smooth_l1_reference(case: Case) -> Tensor:
@@ -94,7 +116,10 @@ def smooth_l1_kinks(case: Case) -> list[str]:
 def place_residual(case: Case, t: Tensor) -> Case:
     """Return the first element alone, with its residual set to ``t``."""
     target = case.arguments["target"].reshape(-1)[:1]
-    return case.replace(input=target + t.reshape(1), target=target)
+    first = case.replace(input=target + t.reshape(1), target=target)
+    if "weight" in case.arguments:
+        first.arguments["weight"] = case.arguments["weight"].reshape(-1)[:1]
+    return first
 
 
 RESIDUAL = Sweep("residual", "residual r = x − y", -2.0, 2.0, place_residual)
@@ -112,7 +137,7 @@ def residual_sweep(option: str) -> Sweep:
 EXPLAINERS = (
     Explainer(
         name="l1_loss",
-        takes=TAKES,
+        takes=WEIGHTED_TAKES,
         build=build,
         reference=l1_reference,
         watch=watch_residual,
@@ -136,7 +161,7 @@ EXPLAINERS = (
     ),
     Explainer(
         name="mse_loss",
-        takes=TAKES,
+        takes=WEIGHTED_TAKES,
         build=build,
         reference=mse_reference,
         watch=watch_residual,
@@ -153,7 +178,7 @@ EXPLAINERS = (
     ),
     Explainer(
         name="huber_loss",
-        takes=(*TAKES, "delta"),
+        takes=(*WEIGHTED_TAKES, "delta"),
         build=build_huber,
         reference=huber_reference,
         watch=watch_residual,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,11 +47,23 @@ def reject(message: str) -> NoReturn:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``lossgrad explain`` to ``parser``."""
-    parser.description = (
-        "Print a loss's formula and gradient, evaluate them on your numbers (or a worked example) "
-        "and check lossgrad's closed-form gradient against autograd and finite differences. "
-        "Tensors are numbers separated by ',' with rows separated by ';'; write a value that "
-        "starts with a minus sign as --input=-1,2."
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = textwrap.dedent(
+        """\
+        Print a loss's formula and gradient, evaluate them on your numbers (or the
+        loss's worked examples) and check lossgrad's closed-form gradient against
+        autograd and finite differences. Without tensor values the worked examples
+        run, with any other options applied. Tensors are numbers separated by ','
+        with rows separated by ';'. Write a value that starts with a minus sign as
+        --input=-1,2."""
+    )
+    parser.epilog = textwrap.dedent(
+        """\
+        examples:
+          lossgrad explain l1_loss --steps 3 --lr 0.05
+          lossgrad explain cross_entropy --input 2,1,0.1 --target 0 --compare binary_cross_entropy_with_logits
+          lossgrad explain negative_pair_loss --plot hinge.png
+          lossgrad explain --list"""
     )
     # argparse prints the whole usage before an error; one line is easier to read in a script.
     parser.error = reject  # type: ignore[method-assign]
@@ -145,7 +158,7 @@ def check_options_apply(values: Values, explainers: list[Explainer]) -> None:
 
 def only_taken(values: Values, explainer: Explainer) -> Values:
     """Return the values that ``explainer``'s loss takes."""
-    return Values({key: text for key, text in values.text.items() if key in explainer.takes}, values.origin)
+    return Values({key: text for key, text in values.text.items() if key in explainer.takes})
 
 
 def build_compared(explainer: Explainer, values: Values) -> tuple[Case, Values]:
@@ -180,7 +193,7 @@ def fill_from_examples(explainer: Explainer, values: Values, missing: MissingVal
     texts = [example.values[missing.key] for example in explainer.examples if missing.key in example.values]
     first_numbers = [text.split(";")[0].split(",")[0] for text in texts]
     for candidate in dict.fromkeys(texts + first_numbers):
-        trial = Values({**values.text, missing.key: candidate}, values.origin)
+        trial = Values({**values.text, missing.key: candidate})
         try:
             explainer.build(trial)
         except MissingValue:
@@ -209,7 +222,7 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
         runs = [("your input", given, None)]
     else:
         runs = [
-            (f"worked example {index}", Values({**example.values, **given.text}, "a worked example"), example.note)
+            (f"worked example {index}", Values({**example.values, **given.text}), example.note)
             for index, example in enumerate(explainer.examples, start=1)
         ]
 

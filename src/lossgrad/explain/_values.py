@@ -58,8 +58,8 @@ class Option:
 TENSOR_HELP = "numbers separated by ',' and rows by ';'"
 
 OPTIONS: tuple[Option, ...] = (
-    Option("input", f"the first input: prediction, logits or embedding x1 ({TENSOR_HELP})"),
-    Option("other", f"the second input: embedding x2 or teacher logits ({TENSOR_HELP})"),
+    Option("input", f"the first input: prediction, logits, embedding x1, query or hidden states ({TENSOR_HELP})"),
+    Option("other", f"the second input: embedding x2, key, teacher logits or teacher hidden states ({TENSOR_HELP})"),
     Option(
         "target",
         "the target: values (regression), one class index per row or one probability row "
@@ -71,14 +71,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("linear_weight", f"the weight W (V x H) of a linear head, the student's for linear_kd_loss ({TENSOR_HELP})"),
     Option("teacher_weight", f"the teacher's head weight (V x H_t) of linear_kd_loss ({TENSOR_HELP})"),
     Option("score", "the target cosine similarity per row (cosine_similarity_loss)"),
-    Option("weight", "a weight per class (cross_entropy) or per element (binary losses)"),
+    Option("weight", "a weight per class (cross_entropy, linear_cross_entropy) or per element (others)"),
     Option("pos_weight", "the weight of positive examples per class (BCE with logits)"),
     Option("margin", "the margin of a hinge (a distance or a cosine)"),
     Option("pos_margin", "the distance below which a similar pair costs nothing"),
     Option("neg_margin", "the distance beyond which a dissimilar pair costs nothing"),
     Option("temperature", "the softmax temperature T (distillation and divergences)"),
-    Option("alpha", "the weight of the soft (teacher) term in distillation"),
-    Option("beta", "smooth_l1_loss: width of the quadratic zone; js_div: mixture weight"),
+    Option("alpha", "the weight α of the soft (teacher) term in kd_loss and linear_kd_loss"),
+    Option("beta", "smooth_l1_loss: width of the quadratic zone; js_div and linear_kd_loss: the teacher's mixture weight"),
     Option("delta", "the residual size where Huber turns from quadratic to linear"),
     Option("label_smoothing", "the probability mass spread evenly over all classes"),
     Option("ignore_index", "a target class index whose rows are left out"),
@@ -91,7 +91,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("softcap", "the logit soft cap s: logits become s·tanh(z/s) (linear_cross_entropy)"),
     Option("reduction", "how the per-element losses are combined: mean, sum or batchmean"),
     Option("log_target", "kl_div: the target is given as log-probabilities", is_flag=True),
-    Option("swap", "triplet: use the closer of anchor and positive to the negative", is_flag=True),
+    Option("swap", "triplet: use min(d(a, n), d(p, n)) as the negative distance", is_flag=True),
     Option("squared", "contrastive: square each hinge", is_flag=True),
     Option("symmetric", "info_nce: average the query-to-key and key-to-query losses", is_flag=True),
 )
@@ -117,14 +117,9 @@ def parse_number(key: str, text: str) -> float:
 
 @dataclass
 class Values:
-    """The raw text of each value the user gave, keyed by option key.
-
-    ``origin`` names where a value came from when it did not come from the user
-    (a worked example), so that an error can point at it.
-    """
+    """The raw text of each value given, keyed by option key."""
 
     text: dict[str, str]
-    origin: str = "the command line"
 
     def has(self, key: str) -> bool:
         """Return whether the user gave ``key``."""

@@ -523,7 +523,7 @@ def make_pair(N=11, H=5, Ht=7, V=13, seed=0):
 
 
 def reference_distill(student, w_s, teacher, w_t, target, divergence, T, alpha, beta):
-    """Plain float64 formulas of KD (α T² KL + (1 − α) CE) and the normalised JSD."""
+    """Plain float64 formulas of KD (α T² KL + (1 − α) CE) and the generalised JSD."""
     s = F.linear(student, w_s)
     t = F.linear(teacher, w_t)
     log_p_s = F.log_softmax(s / T, dim=-1)
@@ -540,7 +540,7 @@ def reference_distill(student, w_s, teacher, w_t, target, divergence, T, alpha, 
     else:
         log_m = (beta * p_t + (1 - beta) * p_s).log()
         js = beta * (p_t * (log_p_t - log_m)).sum(-1) + (1 - beta) * (p_s * (log_p_s - log_m)).sum(-1)
-        rows = T * T * js / (beta * (1 - beta))
+        rows = T * T * js
     rows = torch.where(counted, rows, torch.zeros_like(rows))
     return rows.sum() / counted.sum()
 

@@ -13,6 +13,7 @@ from helpers import ODD_ROWS, assert_close, grads_of
 
 import lossgrad
 from lossgrad import FORMULAS
+from lossgrad._kernels import triton_ops
 from lossgrad.nn import InfoNCELoss
 
 EPS = 1e-8
@@ -264,6 +265,27 @@ def test_half_inputs_accumulate_in_float32(dtype):
         assert_close(g, w.to(dtype), f"grad {name}", kind="grad")
 
 
+@pytest.mark.skipif(not triton_ops.HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize("hard", HARD_KINDS)
+def test_triton_rows_match_reference(hard):
+    """The Triton row kernel, run by the interpreter on CPU, gives the reference values."""
+    query, key, hard_negatives = make_inputs(6, 5, hard, dtype=torch.float32, seed=14)
+    options = dict(temperature=0.1, hard_negatives=hard_negatives, symmetric=True)
+    inputs = leaves(query, key, hard_negatives)
+    triton_ops.launch_counts.clear()
+    triton_ops.force_triton(True)
+    try:
+        loss = lossgrad.info_nce(query, key, **options)
+        got = grads_of(loss, inputs)
+    finally:
+        triton_ops.force_triton(False)
+    assert triton_ops.launch_counts["cross_entropy_rows"] == 2
+    expected = reference_info_nce(query, key, **options)
+    assert_close(loss, expected, "loss")
+    for index, (g, w) in enumerate(zip(got, grads_of(expected, inputs))):
+        assert_close(g, w, f"grad of input {index}", kind="grad")
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_empty_batch_gives_zero_connected(reduction):
     query, key, _ = make_inputs(0, 4, None)
@@ -367,22 +389,26 @@ def test_query_integer_dtype():
 
 
 def test_query_not_2d():
-    with pytest.raises(ValueError, match=r"query: expected a 2-D tensor of shape \(N, D\), got shape \(2, 3, 4\)"):
+    message = r"query: expected a 2-D tensor of shape \(N, D\), got shape \(2, 3, 4\)"
+    with pytest.raises(ValueError, match=message):
         lossgrad.info_nce(torch.ones(2, 3, 4), torch.ones(2, 3, 4))
 
 
 def test_key_shape_differs():
-    with pytest.raises(ValueError, match=r"key: expected the same shape as query \(2, 3\), got \(3, 3\)"):
+    message = r"key: expected the same shape as query \(2, 3\), got \(3, 3\)"
+    with pytest.raises(ValueError, match=message):
         lossgrad.info_nce(torch.ones(2, 3), torch.ones(3, 3))
 
 
 def test_key_dtype_differs():
-    with pytest.raises(TypeError, match="key: expected dtype torch.float32 like query, got torch.float64"):
+    message = "key: expected dtype torch.float32 like query, got torch.float64"
+    with pytest.raises(TypeError, match=message):
         lossgrad.info_nce(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.float64))
 
 
 def test_hard_negatives_wrong_dim():
-    with pytest.raises(ValueError, match=r"hard_negatives: expected shape \(M, 3\) or \(2, K, 3\), got \(4, 5\)"):
+    message = r"hard_negatives: expected shape \(M, 3\) or \(2, K, 3\), got \(4, 5\)"
+    with pytest.raises(ValueError, match=message):
         lossgrad.info_nce(torch.ones(2, 3), torch.ones(2, 3), hard_negatives=torch.ones(4, 5))
 
 
@@ -413,7 +439,8 @@ def test_temperature_tensor_not_positive():
 
 
 def test_temperature_tensor_not_scalar():
-    with pytest.raises(ValueError, match=r"temperature: expected a tensor with one element, got shape \(2,\)"):
+    message = r"temperature: expected a tensor with one element, got shape \(2,\)"
+    with pytest.raises(ValueError, match=message):
         lossgrad.info_nce(torch.ones(2, 3), torch.ones(2, 3), temperature=torch.ones(2))
 
 
@@ -433,7 +460,8 @@ def test_unknown_similarity():
 
 
 def test_unknown_reduction():
-    with pytest.raises(ValueError, match="reduction: expected one of 'none', 'mean', 'sum', got 'batchmean'"):
+    message = "reduction: expected one of 'none', 'mean', 'sum', got 'batchmean'"
+    with pytest.raises(ValueError, match=message):
         lossgrad.info_nce(torch.ones(2, 3), torch.ones(2, 3), reduction="batchmean")
 
 
@@ -443,5 +471,6 @@ def test_symmetric_not_bool():
 
 
 def test_gather_without_process_group():
-    with pytest.raises(RuntimeError, match="gather: expected an initialised torch.distributed process group"):
+    message = "gather: expected an initialised torch.distributed process group"
+    with pytest.raises(RuntimeError, match=message):
         lossgrad.info_nce(torch.ones(2, 3), torch.ones(2, 3), gather=True)

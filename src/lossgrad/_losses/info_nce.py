@@ -25,6 +25,7 @@ from .._checks import (
     should_validate_values,
 )
 from .._formula import Formula, documented
+from .._kernels import triton_ops
 from .._kernels.cross_entropy_rule import cross_entropy_rule
 from .._kernels.rows import fused_rows
 from .._reduction import accumulate_dtype, grad_scale, reduce_loss
@@ -60,6 +61,19 @@ def _normalize_backward(x_hat: Tensor, norm: Tensor, grad_hat: Tensor) -> Tensor
     radial = (x_hat * grad_hat).sum(dim=-1, keepdim=True)
     tangential = torch.where(norm > EPS, grad_hat - x_hat * radial, grad_hat)
     return tangential / norm.clamp_min(EPS)
+
+
+def _cross_entropy_rows_(logits: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
+    """Return each row's cross-entropy with class ``positive[i]``, gradient written over ``logits``.
+
+    CUDA tensors take the Triton row kernel when Triton is installed; others
+    take the chunked PyTorch row kernel.
+    """
+    if triton_ops.use_triton(logits):
+        return triton_ops.cross_entropy_rows(
+            logits, positive, None, ignore_index=-100, label_smoothing=0.0, inplace=True
+        )
+    return fused_rows(logits, cross_entropy_rule(positive), inplace=True)
 
 
 class InfoNCEFunction(torch.autograd.Function):
@@ -98,16 +112,12 @@ class InfoNCEFunction(torch.autograd.Function):
 
         # 2. Query to key: s = q̂ᵢ · [k̂ ; ĥ]ᵀ / τ, positive at column key_offset + i.
         logits = _query_logits(q.hat[query_rows], k.hat, h) / tau  # n x (N_k + M)
-        loss, grad_qk = fused_rows(
-            logits, cross_entropy_rule(index + key_offset), inplace=True
-        )
+        loss, grad_qk = _cross_entropy_rows_(logits, index + key_offset)
 
         # 3. Key to query: t = k̂ᵢ · q̂ᵀ / τ, positive at column query_offset + i.
         if symmetric:
             logits_kq = k.hat[key_rows] @ q.hat.T / tau  # n x N_q
-            loss_kq, grad_kq = fused_rows(
-                logits_kq, cross_entropy_rule(index + query_offset), inplace=True
-            )
+            loss_kq, grad_kq = _cross_entropy_rows_(logits_kq, index + query_offset)
             loss = 0.5 * (loss + loss_kq)
         else:
             grad_kq = logits.new_zeros(0)

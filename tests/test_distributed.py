@@ -220,7 +220,10 @@ def world(request, tmp_path_factory) -> tuple[int, list[dict]]:
 
 def single_process(name: str, sizes: list[int], options: dict) -> dict:
     """Gradients of the loss on the concatenated batch in one process."""
-    inputs = {k: v.clone().requires_grad_(True) for k, v in global_inputs(name, sizes, options).items()}
+    inputs = {
+        input_name: tensor.clone().requires_grad_(True)
+        for input_name, tensor in global_inputs(name, sizes, options).items()
+    }
     temperature = torch.tensor(TEMPERATURE, dtype=torch.float64, requires_grad=True)
     loss = reference_info_nce(
         inputs["query"], inputs["key"], temperature=temperature,
@@ -318,7 +321,9 @@ def _check_against_single_process(world_size, results, case, sizes, options, exp
                 f"{case} rank {rank} grad hard", kind="grad",
             )
     mean_over_ranks = sum(results[r][case]["grad_temperature"] for r in range(world_size)) / W
-    assert_close(mean_over_ranks, expected["grad_temperature"], f"{case} grad temperature", kind="grad")
+    assert_close(
+        mean_over_ranks, expected["grad_temperature"], f"{case} grad temperature", kind="grad"
+    )
     values = torch.stack([results[r][case]["value"] for r in range(world_size)])
     total = values.sum() / W
     assert_close(total, expected["value"], f"{case} mean of rank values")

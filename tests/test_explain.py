@@ -717,7 +717,19 @@ def test_wrong_gradient_fails_with_exit_one(capsys, monkeypatch) -> None:
     monkeypatch.setitem(_registry.EXPLAINERS, "l1_loss", wrong)
     code, out, _ = explain(capsys, "l1_loss", "--input", "0.5", "--target", "0.7")
     assert code == 1
-    assert "FAIL" in out
+    assert "FAIL: the loss differs from the reference formula" in out
+
+
+def test_undetected_kink_fails_finite_differences(capsys, monkeypatch) -> None:
+    """Without its kink detection the hinge at d = margin fails, which shows what the detection does."""
+    require("negative_pair_loss")
+    explainer = _registry.EXPLAINERS["negative_pair_loss"]
+    monkeypatch.setitem(_registry.EXPLAINERS, "negative_pair_loss", replace(explainer, kinks=lambda case: []))
+    report = json.loads(explain(capsys, "negative_pair_loss", "--input", "0,0", "--other", "1,0", "--json")[1])
+    [case] = report["cases"]
+    assert case["status"] == "fail"
+    assert case["failure"] == "the closed-form gradient differs from finite differences"
+    assert report["passed"] is False
 
 
 # 10. Bad input: one line on stderr, exit code 2.

@@ -47,7 +47,7 @@ class Check:
 
     ``status`` is ``"pass"``, ``"kink"`` (the closed form matches autograd
     and the point is on a kink, where finite differences may disagree) or
-    ``"fail"``.
+    ``"fail"``, with ``failure`` naming the comparison that failed.
     """
 
     loss: float
@@ -57,6 +57,7 @@ class Check:
     finite_difference_difference: float
     kinks: list[str]
     status: str
+    failure: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -128,21 +129,20 @@ def check(explainer: Explainer, case: Case) -> Check:
     numeric_difference = largest_difference(closed, numeric)
     scale = max([1.0, abs(float(reference_loss))] + [float(g.abs().max()) for g in autograd.values() if g.numel()])
     finite = all(bool(torch.isfinite(g).all()) for g in closed.values()) and bool(torch.isfinite(loss))
-    agrees_with_reference = (
-        finite
-        and abs(float(loss) - float(reference_loss)) <= AUTOGRAD_TOLERANCE * scale
-        and autograd_difference <= AUTOGRAD_TOLERANCE * scale
-    )
-    agrees_with_numeric = numeric_difference <= FINITE_DIFFERENCE_TOLERANCE * scale
     kinks = explainer.kinks(case)
 
-    if not agrees_with_reference:
-        status = "fail"
+    status, failure = "pass", None
+    if not finite:
+        failure = "the loss or its closed-form gradient is not finite"
+    elif abs(float(loss) - float(reference_loss)) > AUTOGRAD_TOLERANCE * scale:
+        failure = "the loss differs from the reference formula"
+    elif autograd_difference > AUTOGRAD_TOLERANCE * scale:
+        failure = "the closed-form gradient differs from autograd"
     elif kinks:
         status = "kink"
-    elif agrees_with_numeric:
-        status = "pass"
-    else:
+    elif numeric_difference > FINITE_DIFFERENCE_TOLERANCE * scale:
+        failure = "the closed-form gradient differs from finite differences"
+    if failure is not None:
         status = "fail"
 
     gradients = [GradientCheck(name, closed[name], autograd[name], numeric[name]) for name in case.wrt]
@@ -154,4 +154,5 @@ def check(explainer: Explainer, case: Case) -> Check:
         finite_difference_difference=numeric_difference,
         kinks=kinks,
         status=status,
+        failure=failure,
     )

@@ -76,7 +76,7 @@ def check_lines(case: dict[str, Any]) -> list[str]:
     if status == "pass":
         return [labelled("check", "PASS: closed form = autograd = finite differences")]
     if status == "fail":
-        return [labelled("check", "FAIL: the closed-form gradient disagrees (see the differences above)")]
+        return [labelled("check", f"FAIL: {case['failure']}")]
     lines = [labelled("check", "PASS AT A KINK: the closed form matches autograd; finite differences")]
     lines += [labelled("", "straddle the kink here, so they are not required to agree")]
     lines += [labelled("kink", kink) for kink in case["kinks"]]

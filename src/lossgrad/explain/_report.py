@@ -96,6 +96,7 @@ def case_report(
             "finite_difference": outcome.finite_difference_difference,
         },
         "status": outcome.status,
+        "failure": outcome.failure,
         "kinks": outcome.kinks,
         "subgradient": formula.subgradient if (formula and outcome.kinks) else None,
         "watch": plain(explainer.watch(case)),

@@ -46,8 +46,9 @@ def fused_causal_lm_loss(model, input_ids, attention_mask, labels, num_items=Non
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     # Token t predicts token t + 1; the last position has nothing to predict.
     shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]
+    head = model.get_output_embeddings()
     return linear_cross_entropy(
-        hidden, model.get_output_embeddings().weight, shifted, num_items=num_items
+        hidden, head.weight, shifted, linear_bias=head.bias, num_items=num_items
     )
 
 

@@ -132,6 +132,19 @@ def test_cross_entropy_ignore_index_custom():
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_cross_entropy_integer_target_dtypes(dtype):
+    logits, target, weight = _ce_case((5, 6), torch.float64, False, weighted=True)
+    target[0] = 4
+    logits.requires_grad_(True)
+    ours = lossgrad.cross_entropy(logits, target.to(dtype), weight=weight, label_smoothing=0.1)
+    expected = F.cross_entropy(logits, target, weight=weight, label_smoothing=0.1)
+    assert_close(ours, expected, "loss")
+    (got,) = grads_of(ours, [logits])
+    (want,) = grads_of(expected, [logits])
+    assert_close(got, want, "grad of logits")
+
+
 def test_cross_entropy_chunks_rows():
     """Many rows span several chunks of fused_rows; each chunk must line up."""
     logits, target, weight = _ce_case((700, 300), torch.float32, False, weighted=True)

@@ -44,7 +44,7 @@ def mean_denominator(
     kept = target != ignore_index
     if weight is None:
         return kept.sum().to(dtype)
-    safe = torch.where(kept, target, 0)
+    safe = torch.where(kept, target, 0).long()  # uint8 would index as a mask
     return (weight.to(dtype)[safe] * kept).sum()
 
 
@@ -140,7 +140,7 @@ def _class_index_rule(
     target: Tensor, weight: Tensor | None, ignore_index: int, eps: float
 ) -> RowRule:
     kept_all = target != ignore_index  # N
-    safe_all = torch.where(kept_all, target, 0)
+    safe_all = torch.where(kept_all, target, 0).long()  # gather needs int64
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
         # 1. Per-row target data: y, whether the row counts, and the target

@@ -281,6 +281,28 @@ def test_gradcheck(reduction):
     assert torch.autograd.gradcheck(head, (x, w, b))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_func_grad_and_vmap(reduction):
+    x, w, b, target = make_head(5, 3, 7, ignored=(2,))
+
+    def ours(x, w, b):
+        return linear_cross_entropy(x, w, target, linear_bias=b, reduction=reduction,
+                                    chunk_size=2).sum()
+
+    def reference(x, w, b):
+        return F.cross_entropy(F.linear(x, w, b), target, reduction=reduction).sum()
+
+    inputs = (x.detach(), w.detach(), b.detach())
+    got = torch.func.grad(ours, argnums=(0, 1, 2))(*inputs)
+    want = torch.func.grad(reference, argnums=(0, 1, 2))(*inputs)
+    for name, a, c in zip(("input", "weight", "bias"), got, want):
+        assert_close(a, c, f"func.grad {name}", kind="grad")
+    batched = torch.randn(3, 5, 3, dtype=F64)
+    got = torch.vmap(torch.func.grad(ours), in_dims=(0, None, None))(batched, *inputs[1:])
+    want = torch.vmap(torch.func.grad(reference), in_dims=(0, None, None))(batched, *inputs[1:])
+    assert_close(got, want, "vmap of func.grad input", kind="grad")
+
+
 def test_retain_graph_gives_same_gradients_twice():
     x, w, b, target = make_head(6, 3, 8)
     loss = linear_cross_entropy(x, w, target, linear_bias=b)
@@ -596,6 +618,21 @@ def test_kd_gradcheck():
                                         temperature=1.5, chunk_size=3),
             (student, w_s),
         )
+
+
+def test_kd_torch_func_grad():
+    student, w_s, teacher, w_t, target = make_pair()
+
+    def ours(x, w):
+        return linear_kd_loss(x, w, teacher, w_t, target, temperature=2.0, chunk_size=4)
+
+    def reference(x, w):
+        return reference_distill(x, w, teacher, w_t, target, "kl", 2.0, 0.5, 0.5)
+
+    got = torch.func.grad(ours, argnums=(0, 1))(student.detach(), w_s.detach())
+    want = torch.func.grad(reference, argnums=(0, 1))(student.detach(), w_s.detach())
+    for name, a, c in zip(("student input", "student weight"), got, want):
+        assert_close(a, c, f"func.grad {name}", kind="grad")
 
 
 def test_kd_all_ignored_gives_zero_connected():

@@ -121,8 +121,18 @@ def _zeros_or_empty(
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _functional() -> bool:
+    """Return whether a torch.func transform is active, under which ``out=`` ops fail."""
+    return torch._C._are_functorch_transforms_active()
+
+
 def _project(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
-    """Write the logits ``x Wᵀ + b`` of a chunk into ``out`` (``chunk x V``)."""
+    """Write the logits ``x Wᵀ + b`` of a chunk into ``out`` (``chunk x V``) and return them.
+
+    Under a torch.func transform the logits are a new tensor instead.
+    """
+    if _functional():
+        return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
     if bias is None:
         return torch.mm(x, weight.t(), out=out)
     return torch.addmm(bias, x, weight.t(), out=out)
@@ -133,18 +143,25 @@ def _add_chunk_gradients(
 ) -> None:
     """Add one chunk's share of the gradients, given ``dz = ∂ℓ/∂z`` (``chunk x V``)."""
     # z = x Wᵀ + b, so ∂ℓ/∂x = dz W, ∂ℓ/∂W = dzᵀ x and ∂ℓ/∂b = Σ_rows dz.
+    functional = _functional()
     if grads.input is not None:
-        torch.mm(dz, weight, out=grads.input[rows])
+        if functional:
+            grads.input[rows].copy_(dz @ weight)
+        else:
+            torch.mm(dz, weight, out=grads.input[rows])
     if grads.weight is not None:
         dz_t = dz.t()
         if grads.weight.dtype != dz.dtype:
             dz_t, x = dz_t.to(grads.weight.dtype), x.to(grads.weight.dtype)
-        if rows.start == 0:
+        if functional:
+            grads.weight = dz_t @ x if rows.start == 0 else grads.weight + dz_t @ x
+        elif rows.start == 0:
             torch.mm(dz_t, x, out=grads.weight)  # the first chunk needs no zero fill
         else:
             grads.weight.addmm_(dz_t, x)
     if grads.bias is not None:
-        grads.bias.add_(dz.sum(dim=0, dtype=grads.bias.dtype))
+        bias_sum = dz.sum(dim=0, dtype=grads.bias.dtype)
+        grads.bias = grads.bias + bias_sum if functional else grads.bias.add_(bias_sum)
 
 
 def _walk_chunks(

@@ -438,7 +438,8 @@ def test_user_options_apply_to_worked_examples(capsys) -> None:
 def test_json_fields(capsys) -> None:
     require("l1_loss")
     report = explain_json(capsys, "l1_loss", "--input", "0.5", "--target", "0.7", "--steps", "2")
-    assert set(report) == {"loss", "formula", "cases", "plot", "passed"}
+    assert set(report) == {"loss", "formula", "cases", "plot", "passed", "warnings"}
+    assert report["warnings"] == []
     assert report["formula"]["summary"] == lossgrad.FORMULAS["l1_loss"].summary
     assert report["formula"]["subgradient"] == lossgrad.FORMULAS["l1_loss"].subgradient
     [case] = report["cases"]
@@ -730,6 +731,17 @@ def test_undetected_kink_fails_finite_differences(capsys, monkeypatch) -> None:
     assert case["status"] == "fail"
     assert case["failure"] == "the closed-form gradient differs from finite differences"
     assert report["passed"] is False
+
+
+def test_loss_warning_is_one_line(capsys) -> None:
+    require("kl_div")
+    code, out, err = explain(capsys, "kl_div", "--reduction", "mean", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert len(report["warnings"]) == 1
+    assert "batchmean" in report["warnings"][0]
+    assert err.count("\n") == 1
+    assert err.startswith("lossgrad explain: warning: kl_div:")
 
 
 # 10. Bad input: one line on stderr, exit code 2.

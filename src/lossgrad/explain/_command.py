@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -65,8 +66,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
           lossgrad explain negative_pair_loss --plot hinge.png
           lossgrad explain --list"""
     )
-    # argparse prints the whole usage before an error; one line is easier to read in a script.
+
+    # argparse prints the whole usage before an error, but one line is easier to read in a script.
     parser.error = reject  # type: ignore[method-assign]
+
     parser.add_argument("loss", nargs="?", metavar="LOSS", help="the loss function, such as l1_loss")
     parser.add_argument("--list", action="store_true", help="list every loss with its one-line formula")
     for option in OPTIONS:
@@ -74,6 +77,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option.flag, action="store_true", help=option.help)
         else:
             parser.add_argument(option.flag, metavar="X", help=option.help)
+
     parser.add_argument("--steps", metavar="K", default="0", help="run K steps of gradient descent (default 0)")
     parser.add_argument("--lr", metavar="ETA", help="the gradient descent learning rate (default: per loss)")
     parser.add_argument("--compare", metavar="OTHER", help="show a second loss on the same inputs")
@@ -86,9 +90,16 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.list:
             return list_losses(args)
-        report = explain(args)
+        # A loss's warning (kl_div's 'mean') would otherwise print once per call site
+        # with a source line; it is shown once, as one line, and kept in the report.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = explain(args)
     except UsageError as error:
         reject(str(error))
+    report["warnings"] = list(dict.fromkeys(str(warning.message) for warning in caught))
+    for message in report["warnings"]:
+        print(f"lossgrad explain: warning: {message}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:

@@ -77,10 +77,10 @@ def _scale_gradient(grad: Tensor, scale: Tensor) -> Tensor:
 def _is_last_backward() -> bool:
     """Return whether the running backward frees the graph after itself.
 
-    NOTE: reads a private PyTorch hook (present in 2.13, where the
-    torch.compile runtime uses it too); without it the answer is False.
-    Under torch.compile and torch.func the answer is False as well: the
-    compiler cannot trace the hook and plans the memory itself.
+    NOTE: this reads a private PyTorch hook, present in 2.13 where the
+    torch.compile runtime uses it too, and returns False when it is missing.
+    It also returns False under torch.compile, which cannot trace the hook
+    and plans the memory itself, and under torch.func transforms.
     """
     keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
     if keep_graph is None or torch.compiler.is_compiling():
@@ -259,6 +259,7 @@ def _check_class_weight_values(weight: Tensor | None, validate: bool | None) -> 
         symbols=(
             ("x", "logits of one row (C classes)"),
             ("y", "target class index, or target probabilities"),
+            ("q", "target distribution, q_c = (1 − ε)[c = y] + ε/K for a class index"),
             ("w", "class weights (all 1 without weight)"),
             ("ε", "label_smoothing"),
             ("K", "number of classes whose logit is not −∞ (C without masking)"),
@@ -310,10 +311,10 @@ def cross_entropy(
             pass instead of a new buffer, saving one ``N x C`` tensor. The
             logits are destroyed: after the call ``input`` contains the
             unscaled gradient, which backward scales (in place unless the
-            graph is retained) and passes on as the gradient of the logits. Allowed only for 2-D logits with
-            contiguous rows that are the output of an operation (not a leaf
-            that requires grad), and not under ``torch.func`` transforms or
-            ``torch.compile``. If an operation before the loss saved the
+            graph is retained) and passes on as the gradient of the logits.
+            Allowed only for 2-D logits with contiguous rows that are the
+            output of an operation (not a leaf that requires grad), and not
+            under ``torch.func`` transforms or ``torch.compile``. If an operation before the loss saved the
             logits for its own backward (``exp``, ``tanh``), that backward
             raises PyTorch's in-place modification error. Modifying ``input``
             between the forward and the backward raises a RuntimeError.

@@ -48,17 +48,17 @@ from .._formula import Formula, documented
 from .._kernels.cross_entropy_rule import cross_entropy_rule, mean_denominator
 from .._kernels.distill_rule import js_rule, kd_rule
 from .._kernels.rows import RowRule, fused_rows
-from .._reduction import accumulate_dtype, grad_scale, reduce_loss, safe_denominator
+from .._reduction import accumulate_dtype, grad_scale, reduce_loss
 
 __all__ = ["linear_cross_entropy", "linear_kd_loss"]
 
 DIVERGENCES = ("kl", "js")
 
-# The default chunk aims at this many bytes of float32 logits: small next to
-# the N x V logits of a language-model batch, large enough that each chunk's
-# matmuls run near full speed.
+# The default chunk aims at this many bytes of float32 logits, small next to
+# the N x V logits of a language-model batch.
 CHUNK_LOGITS_BYTES = 16 * 1024 * 1024
-# Fewer rows than this make the matmuls of a chunk inefficient.
+# The weight gradient adds a (V x chunk)(chunk x H) product per chunk, which
+# reads and writes all of V x H; with fewer rows that traffic dominates.
 MIN_CHUNK_ROWS = 64
 
 
@@ -187,9 +187,9 @@ def _walk_chunks(
         rows = slice(start, min(start + chunk_size, N))
         x = input[rows]  # chunk x H
         logits = _project(x, weight, bias, buffer[: rows.stop - start])  # chunk x V
-        # One rule call per chunk: the rule's elementwise passes then run over
-        # many rows at once, which measured faster on CPU than cache-sized
-        # pieces of a few rows of a large vocabulary.
+        # One rule call per chunk keeps the number of tensor ops small. For a
+        # large vocabulary, cache-sized pieces are a few rows each, and on a
+        # 2-core CPU their per-op overhead measured larger than the cache gain.
         loss, dz = fused_rows(
             logits, rule_for_chunk(rows, logits), inplace=True, chunk_bytes=4 * logits.numel()
         )
@@ -535,7 +535,9 @@ def linear_cross_entropy(
             the full-batch mean. A one-element tensor is used without a host
             sync. Only with ``reduction="mean"``. Default: ``None``.
         chunk_size (int, optional): rows per chunk. Default: ``None``, which
-            picks :func:`default_chunk_size` (logits of about 16 MiB).
+            picks rows for about 16 MiB of float32 logits per chunk, or as
+            much as the input ``N x H`` takes when that is more, and at
+            least 64 rows (see ``default_chunk_size``).
 
     Returns:
         The loss, a scalar or ``(*)`` for ``reduction="none"``; with
@@ -875,7 +877,7 @@ def linear_kd_loss(
         ignore_index (int, optional): target value whose rows do not count.
             Default: -100.
         chunk_size (int, optional): rows per chunk. Default: ``None``, which
-            picks :func:`default_chunk_size`.
+            picks it as ``linear_cross_entropy`` does.
 
     Shape:
         - student_input: ``(N, H)``, ``(*, H)`` or ``(H)``

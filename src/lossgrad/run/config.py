@@ -85,7 +85,9 @@ def _int_parser(minimum: int) -> Callable[[str, object], int]:
     return parse
 
 
-def _float_parser(low: float, high: float, *, open_low: bool = False) -> Callable[[str, object], float]:
+def _float_parser(
+    low: float, high: float, *, open_low: bool = False
+) -> Callable[[str, object], float]:
     bracket = "(" if open_low else "["
     expected = f"a number in {bracket}{low:g}, {high:g}]"
 
@@ -212,8 +214,8 @@ OPTIONS: tuple[Option, ...] = (
     # The matrices here are at most 64 x 512, too small for intra-op threads to pay off: on a
     # busy 2-core machine, --fast distill took 105 s with 2 threads and 9 s with 1.
     Option("threads", _int_parser(1), 1, "CPU threads for torch (default: 1)", "N"),
-    # In trial runs on digits the 32-unit student erred more than its hard-label twin at T=8
-    # and as little at T=4, and recognised more of the omitted class at T=4.
+    # In trial runs on digits (seeds 0-2, 128-unit student) the distilled student made 7.7 test
+    # errors of 360 at T=4 and 10.0 at T=8, against 9.3 for hard labels.
     Option("temperature", _float_parser(0.0, 1000.0, open_low=True), 4.0,
            "distill: softmax temperature T of the soft targets (default: 4)", "T",
            experiments=("distill",)),

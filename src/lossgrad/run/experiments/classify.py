@@ -63,7 +63,10 @@ def _methods(num_classes: int, label_smoothing: float) -> list[Method]:
     return [
         Method("softmax cross-entropy", lossgrad.cross_entropy, _softmax_probabilities),
         Method("sigmoid BCE, one-vs-rest", one_vs_rest, _sigmoid_probabilities),
-        Method(f"cross-entropy, label smoothing {label_smoothing:g}", smoothed, _softmax_probabilities),
+        Method(
+            f"cross-entropy, label smoothing {label_smoothing:g}", smoothed,
+            _softmax_probabilities,
+        ),
     ]
 
 

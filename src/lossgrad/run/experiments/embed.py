@@ -24,7 +24,7 @@ from ..config import RunConfig
 from ..data import Dataset
 from ..models import mlp
 from ..plots import plot_curves, plot_embeddings
-from ..report import ExperimentResult, format_mean_std, markdown_table, summarize
+from ..report import ExperimentResult, format_mean_std, markdown_table
 from ..training import History, Trainer, evaluate_logits, progress_bar, seed_generator
 from .common import seed_models, summarize_runs
 
@@ -36,9 +36,6 @@ HIDDEN = (128,)
 NEIGHBOURS = 5
 MARGIN = 1.0
 INFO_NCE_TEMPERATURE = 0.1
-
-# A batch loss receives the model, the anchor rows and the pair sampler.
-BatchLoss = Callable[[torch.nn.Module, torch.Tensor, "PairSampler"], torch.Tensor]
 
 
 class PairSampler:
@@ -53,16 +50,20 @@ class PairSampler:
         self.sorted_rows = torch.argsort(labels, stable=True)
         self.count = torch.bincount(labels, minlength=num_classes)
         self.start = torch.cumsum(self.count, 0) - self.count
+        # rank[row] is the row's position within its class.
         self.rank = torch.empty_like(labels)
-        self.rank[self.sorted_rows] = torch.arange(len(labels)) - self.start[labels[self.sorted_rows]]
+        sorted_labels = labels[self.sorted_rows]
+        self.rank[self.sorted_rows] = torch.arange(len(labels)) - self.start[sorted_labels]
 
     def positives(self, anchors: torch.Tensor) -> torch.Tensor:
         """Return one row per anchor of the same class, never the anchor itself (when possible)."""
         anchors = anchors.cpu()
         classes = self.labels[anchors]
         count = self.count[classes]
-        step = torch.randint(1, 1 << 30, anchors.shape, generator=self.generator) % (count - 1).clamp_min(1)
-        position = (self.rank[anchors] + 1 + step) % count
+        # An offset of 1..count-1 from the anchor's own position never lands on the anchor.
+        draw = torch.randint(0, 1 << 30, anchors.shape, generator=self.generator)
+        offset = 1 + draw % (count - 1).clamp_min(1)
+        position = (self.rank[anchors] + offset) % count
         return self.sorted_rows[self.start[classes] + position]
 
     def negatives(self, anchors: torch.Tensor) -> torch.Tensor:

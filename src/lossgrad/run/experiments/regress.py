@@ -40,11 +40,17 @@ def _losses(delta: float) -> dict[str, Callable[[torch.Tensor, torch.Tensor], to
     def huber(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return lossgrad.huber_loss(prediction, target, delta=delta)
 
-    return {"L1": lossgrad.l1_loss, "L2 (MSE)": lossgrad.mse_loss, f"Huber (delta {delta:g})": huber}
+    return {
+        "L1": lossgrad.l1_loss,
+        "L2 (MSE)": lossgrad.mse_loss,
+        f"Huber (delta {delta:g})": huber,
+    }
 
 
-def inject_outliers(targets: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """Return a copy of targets with round(fraction · N) rows raised by 4 to 8 standard deviations."""
+def inject_outliers(
+    targets: torch.Tensor, fraction: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Return a copy of targets with round(fraction · N) rows raised by OUTLIER_SHIFT std devs."""
     count = int(round(fraction * len(targets)))
     corrupted = targets.clone()
     if count == 0:

@@ -41,6 +41,16 @@ def tiny_gpt2():
     return transformers.GPT2LMHeadModel(config)
 
 
+def tiny_gemma2():
+    # A soft cap small enough to bend the logits of a random tiny model.
+    config = transformers.Gemma2Config(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=64,
+        final_logit_softcapping=0.1,
+    )
+    return transformers.Gemma2ForCausalLM(config)
+
+
 def fused_causal_lm_loss(model, input_ids, attention_mask, labels, num_items=None):
     """The recipe of docs/linear.md: hidden states, shifted labels, the fused head."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -48,7 +58,8 @@ def fused_causal_lm_loss(model, input_ids, attention_mask, labels, num_items=Non
     shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]
     head = model.get_output_embeddings()
     return linear_cross_entropy(
-        hidden, head.weight, shifted, linear_bias=head.bias, num_items=num_items
+        hidden, head.weight, shifted, linear_bias=head.bias, num_items=num_items,
+        softcap=getattr(model.config, "final_logit_softcapping", None),
     )
 
 
@@ -62,7 +73,9 @@ def batch(seed=0):
     return input_ids, attention_mask, labels
 
 
-@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2-tied"])
+@pytest.mark.parametrize(
+    "build", [tiny_llama, tiny_gpt2, tiny_gemma2], ids=["llama", "gpt2-tied", "gemma2-softcap"]
+)
 def test_matches_model_loss_and_gradients(build):
     torch.manual_seed(0)
     model = build()

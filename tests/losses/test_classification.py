@@ -912,3 +912,24 @@ def test_docstring_contains_formula(function):
     assert "Loss::" in function.__doc__
     assert "Gradient::" in function.__doc__
     assert lossgrad.FORMULAS[function.__name__] is function.formula
+
+
+def test_binary_losses_func_grad_and_vmap():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 5, generator=generator, dtype=torch.float64)
+    target = torch.rand(3, 4, 5, generator=generator, dtype=torch.float64)
+    pos_weight = torch.rand(5, generator=generator, dtype=torch.float64)
+    pairs = [
+        (
+            lambda x, y: lossgrad.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight),
+            lambda x, y: F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight),
+        ),
+        (
+            lambda x, y: lossgrad.binary_cross_entropy(torch.sigmoid(x), y),
+            lambda x, y: F.binary_cross_entropy(torch.sigmoid(x), y),
+        ),
+    ]
+    for index, (ours, reference) in enumerate(pairs):
+        got = torch.func.vmap(torch.func.grad(ours))(logits, target)
+        want = torch.func.vmap(torch.func.grad(reference))(logits, target)
+        assert_close(got, want, f"vmap(grad) of binary loss {index}")

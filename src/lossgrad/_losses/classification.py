@@ -598,14 +598,14 @@ class _BCEFunction(torch.autograd.Function):
         compute = accumulate_dtype(input.dtype)
         p = input.to(compute)
         y = target.to(compute)
-        log_p = torch.log(p).clamp_(min=_BCE_LOG_MIN)
-        log_not_p = torch.log1p(-p).clamp_(min=_BCE_LOG_MIN)
+        log_p = torch.log(p).clamp(min=_BCE_LOG_MIN)
+        log_not_p = torch.log1p(-p).clamp(min=_BCE_LOG_MIN)
         loss = torch.lerp(log_not_p, log_p, y).neg_()  # −(y log p + (1 − y) log(1 − p))
         # ∂ℓ/∂p = −y/p + (1 − y)/(1 − p) = (p − y)/(p (1 − p)), with the
         # denominator floored at 1e-12 as PyTorch does. At p = 0 or 1 this
         # gives 0 when y equals p and ±1e12·|p − y| otherwise, PyTorch's value,
         # rather than the 0 that the clamped loss would have.
-        grad = (p - y).div_((p * (1 - p)).clamp_(min=_BCE_GRAD_EPS))
+        grad = (p - y).div_((p * (1 - p)).clamp(min=_BCE_GRAD_EPS))
         if weight is not None:
             w = weight.to(compute)
             loss = loss * w
@@ -639,8 +639,8 @@ class _BCEFunction(torch.autograd.Function):
             # exact derivative of the clamped loss, which is linear in y.
             _, input, weight = saved
             p = input.to(compute)
-            log_p = torch.log(p).clamp_(min=_BCE_LOG_MIN)
-            grad_target = torch.log1p(-p).clamp_(min=_BCE_LOG_MIN).sub_(log_p)
+            log_p = torch.log(p).clamp(min=_BCE_LOG_MIN)
+            grad_target = torch.log1p(-p).clamp(min=_BCE_LOG_MIN).sub_(log_p)
             if weight is not None:
                 grad_target = grad_target * weight.to(compute)
             grad_target = (grad_target * scale).to(input.dtype)

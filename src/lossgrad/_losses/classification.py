@@ -319,10 +319,12 @@ def cross_entropy(
             raises PyTorch's in-place modification error. Modifying ``input``
             between the forward and the backward raises a RuntimeError.
             Default: ``False``.
-        validate: check the values of ``target`` (class indices in range)
-            and the signs of ``weight``. ``None`` checks on CPU only, because
-            on CUDA reading values synchronises with the host; pass ``True``
-            to check on CUDA too. Default: ``None``.
+        validate: check the values of ``target`` (class indices in range).
+            ``None`` checks on CPU only, because on CUDA reading values
+            synchronises with the host; pass ``True`` to check on CUDA too
+            (the signs of a CUDA ``weight`` are then checked as well) and
+            ``False`` to skip the target check. The signs of a CPU ``weight``
+            are always checked. Default: ``None``.
 
     Shape:
         - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``.

@@ -711,6 +711,13 @@ def test_coincident_triplet_points_are_a_kink(capsys) -> None:
     assert any("coincide" in kink for kink in case["kinks"])
 
 
+def test_zero_vector_cosine_embedding_is_kink(capsys) -> None:
+    require("cosine_embedding_loss")
+    [case] = explain_json(capsys, "cosine_embedding_loss", "--input", "0,0", "--other", "1,2", "--target", "1")["cases"]
+    assert case["status"] == "kink"
+    assert "‖input1‖" in case["kinks"][0]
+
+
 def test_wrong_gradient_fails_with_exit_one(capsys, monkeypatch) -> None:
     require("l1_loss")
     explainer = _registry.EXPLAINERS["l1_loss"]
@@ -765,6 +772,7 @@ BAD_INPUTS = [
     (["l1_loss", "--reduction", "none"], "--reduction: expected one of mean, sum"),
     ([], "missing LOSS"),
     (["l1_loss", "--input"], "expected one argument"),
+    (["cross_entropy", "--input", "1,2", "--target", "-100,1"], "write a value that starts with a minus sign as"),
     (["l1_loss", "--compare", "triplet_margin_loss"], "triplet_margin_loss takes none of these inputs"),
 ]
 

@@ -42,6 +42,9 @@ EXIT_USAGE = 2
 
 def reject(message: str) -> NoReturn:
     """Print one error line and exit with the usage exit code."""
+    if message.endswith("expected one argument"):
+        # argparse reads a value with a leading minus sign as an option.
+        message += "; write a value that starts with a minus sign as --target=-1,2"
     print(f"lossgrad explain: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
 

@@ -110,14 +110,27 @@ def cosine_embedding_reference(case: Case) -> Tensor:
 
 
 def cosine_embedding_kinks(case: Case) -> list[str]:
-    """List the dissimilar pairs whose cosine equals the margin, the corner of the hinge."""
+    """List the dissimilar pairs whose cosine equals the margin, and the near-zero vectors.
+
+    Near a zero vector the smoothed cosine turns over a length of about √ε =
+    1e-6, the finite-difference step, so the difference quotient is off there
+    although the loss is smooth.
+    """
     cos = smooth_cosine(case.arguments["input1"], case.arguments["input2"])
     margin = float(case.options["margin"])
-    return [
+    kinks = [
         f"row {row}: cos equals the margin {margin:g}, where max(0, cos − margin) has a corner"
         for row in range(cos.shape[0])
         if int(case.arguments["target"][row]) == -1 and abs(float(cos[row]) - margin) <= KINK_RADIUS
     ]
+    for name in ("input1", "input2"):
+        norms = norm(case.arguments[name])
+        kinks += [
+            f"row {row}: ‖{name}‖ is within 10·√ε of 0, where cos bends within a finite-difference step"
+            for row in range(norms.shape[0])
+            if float(norms[row]) <= 10 * EMBEDDING_EPS**0.5
+        ]
+    return kinks
 
 
 def watch_embedding_cosine(case: Case) -> dict[str, Tensor]:

@@ -31,7 +31,13 @@ def graph_is_kept() -> bool:
     in place, which saves a copy of each, only when the graph is freed
     afterwards; with a kept graph a later backward would read the scaled
     values. The answer comes from a private PyTorch function (present in
-    2.13); without it this returns True, the safe choice.
+    2.13); without it this returns True, the safe choice. It is True under
+    torch.compile, which cannot trace that function, and under torch.func
+    transforms, whose wrapped tensors should not be mutated.
     """
     keeps_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if keeps_graph is None else bool(keeps_graph())
+    if keeps_graph is None or torch.compiler.is_compiling():
+        return True
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return bool(keeps_graph())

@@ -28,8 +28,8 @@ def graph_is_kept() -> bool:
     """Return whether the running backward pass keeps the graph (``retain_graph=True``).
 
     A backward that returns tensors saved in the forward pass may scale them
-    in place, which saves a copy of each, only when the graph is freed
-    afterwards; with a kept graph a later backward would read the scaled
+    in place, which saves a copy of each, but only when the graph is freed
+    afterwards. With a kept graph a later backward would read the scaled
     values. The answer comes from a private PyTorch function (present in
     2.13); without it this returns True, the safe choice. It is True under
     torch.compile, which cannot trace that function, and under torch.func

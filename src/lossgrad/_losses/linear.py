@@ -258,7 +258,7 @@ def _head_rule(
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
         # 1. Soft-capping: z̃ = s·tanh(z/s). ``t`` is kept for the chain rule.
         if softcap is not None:
-            t = torch.tanh(x / softcap)  # sub-chunk x V
+            t = torch.tanh(x / softcap)  # rows x V
             capped = t * softcap
         elif z_loss:
             capped = x.clone()  # out may be x, and z-loss reads z̃ after the rule
@@ -526,8 +526,9 @@ def linear_cross_entropy(
         softcap (float, optional): ``s > 0``; the logits become
             ``s·tanh(z/s)`` before the softmax. Default: ``None`` (no cap).
         return_z_loss (bool, optional): also return the z-loss part of the
-            loss, reduced the same way and detached (for logging; its
-            gradient flows through the first output). Default: ``False``.
+            loss, reduced the same way. It is detached and meant for logging,
+            because its gradient already flows through the first output.
+            Default: ``False``.
         num_items (int, float or Tensor, optional): the normaliser of
             ``"mean"`` in place of the local count: for gradient accumulation,
             the counted tokens of all micro-batches (the sum of their class

@@ -296,6 +296,17 @@ def test_r12_smooth_l1_beta_zero_is_l1():
     assert torch.equal(grad, l1_grad)
 
 
+@pytest.mark.parametrize("beta", [1e-40, 5e-324])
+def test_smooth_l1_subnormal_beta_is_l1(beta):
+    """A β that underflows in the compute dtype acts as 0 instead of giving 0/0 = NaN."""
+    x = torch.tensor([0.0, 1.0, -2.0], requires_grad=True)
+    y = torch.zeros(3)
+    loss = lossgrad.smooth_l1_loss(x, y, reduction="sum", beta=beta)
+    (grad,) = torch.autograd.grad(loss, [x])
+    assert loss.item() == pytest.approx(3.0)
+    assert torch.equal(grad, torch.tensor([0.0, 1.0, -1.0]))
+
+
 def test_r12_huber_delta_zero_raises():
     """R12: Huber with delta = 0 is rejected explicitly, as PyTorch does."""
     with pytest.raises(ValueError, match=r"delta: expected a value > 0, got 0.0"):

@@ -1,9 +1,10 @@
 """Regression losses: L1, squared error, Huber and smooth L1.
 
 Each loss is a pointwise penalty ρ of the residual r = x − y, optionally times a
-per-element weight. One Function serves the family: ``forward`` computes r once
-in the accumulation dtype and saves it, and ``backward`` multiplies the penalty's
-derivative ρ'(r) by the upstream gradient.
+per-element weight. One Function serves the family. Its ``forward`` computes r
+once in the accumulation dtype and saves r, or for Huber and smooth L1 the
+clipped residual that is their gradient. Its ``backward`` multiplies the
+penalty's derivative ρ'(r) by the upstream gradient.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class Penalty(enum.Enum):
     """A pointwise penalty ρ(r) of the residual, with its derivative ρ'(r).
 
     ``threshold`` is Huber's δ or smooth L1's β, and is unused by the others.
+    Huber and smooth L1 are computed from the clipped residual
+    c = clamp(r, −δ, δ), which is also their gradient (over β for smooth L1),
+    so ``forward`` saves c and ``backward`` is one multiplication. The methods
+    never modify their arguments.
     """
 
     L1 = "l1_loss"
@@ -41,32 +46,59 @@ class Penalty(enum.Enum):
     HUBER = "huber_loss"
     SMOOTH_L1 = "smooth_l1_loss"
 
-    def evaluate(self, r: Tensor, threshold: float) -> Tensor:
-        """Return ρ(r) elementwise."""
-        if self is Penalty.L1 or (self is Penalty.SMOOTH_L1 and threshold == 0):
+    def is_absolute(self, r: Tensor, threshold: float) -> bool:
+        """Tell whether ρ(r) = |r|: L1, or smooth L1 with a β that is 0 in r's dtype."""
+        if self is Penalty.L1:
+            return True
+        # A β below the dtype's smallest normal number is taken as 0, because
+        # dividing by it would overflow. The loss then differs from L1 by < β/2.
+        return self is Penalty.SMOOTH_L1 and threshold < torch.finfo(r.dtype).tiny
+
+    def is_clipped(self, r: Tensor, threshold: float) -> bool:
+        """Tell whether the penalty is computed from the clipped residual c."""
+        return self in (Penalty.HUBER, Penalty.SMOOTH_L1) and not self.is_absolute(r, threshold)
+
+    def clip(self, r: Tensor, threshold: float) -> Tensor:
+        """Return c = clamp(r, −δ, δ), or an empty tensor where ρ does not use it."""
+        if self.is_clipped(r, threshold):
+            return r.clamp(-threshold, threshold)
+        return r.new_empty(0)
+
+    def evaluate(self, r: Tensor, threshold: float, c: Tensor) -> Tensor:
+        """Return ρ(r) elementwise, given c from :meth:`clip`."""
+        if self.is_absolute(r, threshold):
             return r.abs()
         if self is Penalty.SQUARED:
             return r.square()
-        a = r.abs()
-        if self is Penalty.HUBER:
-            # With q = min(|r|, δ): q(|r| − q/2) is r²/2 inside and δ(|r| − δ/2) outside.
-            q = a.clamp(max=threshold)
-            return q * (a - 0.5 * q)
-        return torch.where(a < threshold, 0.5 * a * a / threshold, a - 0.5 * threshold)
+        # c (r − c/2) is r²/2 where |r| ≤ δ and δ (|r| − δ/2) beyond, which is
+        # Huber's loss. Smooth L1 is Huber's loss with δ = β, divided by β.
+        huber = torch.sub(r, c, alpha=0.5).mul_(c)
+        return huber if self is Penalty.HUBER else huber.div_(threshold)
 
-    def derivative(self, r: Tensor, threshold: float) -> Tensor:
-        """Return ρ'(r) elementwise, with the subgradient 0 at the kink of |r|."""
-        if self is Penalty.L1 or (self is Penalty.SMOOTH_L1 and threshold == 0):
-            # sign(0) = 0. Smooth L1 with β = 0 is exactly L1 and never divides by β.
-            return r.sign()
+    def total(self, r: Tensor, threshold: float, c: Tensor) -> Tensor:
+        """Return Σ ρ(r), with a fused reduction and no temporary where one exists."""
+        if self.is_absolute(r, threshold):
+            return torch.linalg.vector_norm(r, 1)
         if self is Penalty.SQUARED:
-            return 2 * r
-        if self is Penalty.HUBER:
-            # r inside |r| ≤ δ, δ·sign(r) outside: r clipped to [−δ, δ].
-            return r.clamp(-threshold, threshold)
-        # r/β inside |r| < β, sign(r) outside. A β below the dtype's smallest
-        # subnormal compares as 0, so every element takes sign(r), as in evaluate.
-        return torch.where(r.abs() < threshold, r / threshold, r.sign())
+            return torch.linalg.vector_norm(r).square()
+        huber = torch.sub(r, c, alpha=0.5).mul_(c).sum()
+        return huber if self is Penalty.HUBER else huber / threshold
+
+    def scaled_derivative(self, r: Tensor, threshold: float, c: Tensor, scale: Tensor) -> Tensor:
+        """Return ρ'(r) · scale elementwise, with the subgradient 0 at the kink of |r|."""
+        if self is Penalty.SQUARED:
+            return r * (2 * scale)
+        if self.is_absolute(r, threshold):
+            # sign(0) = 0. Smooth L1 with β = 0 is exactly L1 and never divides by β.
+            derivative = r.sign()
+            # Under vmap, r may be unbatched while scale is batched, and then the
+            # product cannot be written into the temporary in place.
+            if torch._C._are_functorch_transforms_active():
+                return derivative * scale
+            return derivative.mul_(scale)
+        # Huber: r inside |r| ≤ δ, δ·sign(r) beyond, which is c.
+        # Smooth L1: r/β inside |r| < β, sign(r) beyond, which is c/β.
+        return c * scale if self is Penalty.HUBER else c * (scale / threshold)
 
 
 class RegressionFunction(torch.autograd.Function):
@@ -88,32 +120,46 @@ class RegressionFunction(torch.autograd.Function):
         threshold: float,
         reduction: str,
         weight_sum_mean: bool,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         dtype = accumulate_dtype(input.dtype)
         r = input.to(dtype) - target.to(dtype)
-        loss = penalty.evaluate(r, threshold)
+        c = penalty.clip(r, threshold)
+        denominator = _denominator(r, weight, reduction, weight_sum_mean)
+        if weight is None and reduction != "none":
+            total = penalty.total(r, threshold, c)
+            return reduce_loss(total, reduction, denominator, dtype=input.dtype), r, c
+        loss = penalty.evaluate(r, threshold, c)
         if weight is not None:
             loss = loss * weight.to(dtype)
-        denominator = _denominator(r, weight, reduction, weight_sum_mean)
-        return reduce_loss(loss, reduction, denominator, dtype=input.dtype), r
+        return reduce_loss(loss, reduction, denominator, dtype=input.dtype), r, c
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         input, target, weight, penalty, threshold, reduction, weight_sum_mean = inputs
-        value, r = output
-        ctx.mark_non_differentiable(r)
-        ctx.save_for_backward(r, weight, value)
+        value, r, c = output
+        ctx.mark_non_differentiable(r, c)
+        # No zero-filled gradients for r and c, which nothing differentiates.
+        ctx.set_materialize_grads(False)
+        # Huber and smooth L1 need only c, unless the weight's gradient needs ρ(r).
+        weight_grad = weight is not None and ctx.needs_input_grad[2]
+        keep_r = weight_grad or not penalty.is_clipped(r, threshold)
+        ctx.save_for_backward(r if keep_r else None, c, weight, value)
         ctx.options = (penalty, threshold, reduction, weight_sum_mean)
-        ctx.dtypes = (input.dtype, target.dtype)
+        ctx.dtypes = (input.dtype, target.dtype, r.dtype)
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor, _grad_r: Tensor):
+    def backward(ctx, grad_output: Tensor, _grad_r: Tensor, _grad_c: Tensor):
         refuse_double_backward(ctx.options[0].value)
-        r, weight, value = ctx.saved_tensors
+        if grad_output is None:
+            # Without materialized gradients an unused loss arrives as None.
+            return None, None, None, None, None, None, None
+        r, c, weight, value = ctx.saved_tensors
         penalty, threshold, reduction, weight_sum_mean = ctx.options
-        input_dtype, target_dtype = ctx.dtypes
-        denominator = _denominator(r, weight, reduction, weight_sum_mean)
-        scale = grad_scale(grad_output, reduction, denominator, dtype=r.dtype)
+        input_dtype, target_dtype, dtype = ctx.dtypes
+        # Only the shape, dtype and device of r are used when r was not saved.
+        residual = r if r is not None else c
+        denominator = _denominator(residual, weight, reduction, weight_sum_mean)
+        scale = grad_scale(grad_output, reduction, denominator, dtype=dtype)
 
         # With L = Σᵢ wᵢ ρ(rᵢ) / D and rᵢ = xᵢ − yᵢ:
         #   ∂L/∂xᵢ = wᵢ ρ'(rᵢ) / D
@@ -122,10 +168,9 @@ class RegressionFunction(torch.autograd.Function):
         # grad_output), and N or Σw for mean.
         grad_input = grad_target = grad_weight = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            # Out of place: under vmap, r may be unbatched while scale is batched.
-            grad_r = penalty.derivative(r, threshold) * scale
+            grad_r = penalty.scaled_derivative(residual, threshold, c, scale)
             if weight is not None:
-                grad_r = grad_r * weight.to(r.dtype)
+                grad_r = grad_r * weight.to(dtype)
             if ctx.needs_input_grad[0]:
                 grad_input = grad_r.to(input_dtype)
             if ctx.needs_input_grad[1]:
@@ -136,9 +181,9 @@ class RegressionFunction(torch.autograd.Function):
         #   mean over N: ∂L/∂wᵢ = ρ(rᵢ) / N
         #   mean over Σw: ∂L/∂wᵢ = (ρ(rᵢ) − L) / Σw, since ∂(Σw)/∂wᵢ = 1
         if weight is not None and ctx.needs_input_grad[2]:
-            rho = penalty.evaluate(r, threshold)
+            rho = penalty.evaluate(r, threshold, c)
             if reduction == "mean" and weight_sum_mean:
-                rho = rho - value.to(r.dtype)
+                rho = rho - value.to(dtype)
             grad_weight = (rho * scale).to(weight.dtype)
         return grad_input, grad_target, grad_weight, None, None, None, None
 
@@ -174,7 +219,7 @@ def _apply(
         if should_validate_values(weight, None) and bool((weight < 0).any()):
             bad = weight[weight < 0].flatten()[0].item()
             raise ValueError(f"weight: expected non-negative weights, got {bad}")
-    value, _ = RegressionFunction.apply(
+    value, _, _ = RegressionFunction.apply(
         input, target, weight, penalty, threshold, reduction, weight_sum_mean
     )
     return value

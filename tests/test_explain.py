@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 import torch.nn.functional as F
 
 import lossgrad
@@ -799,7 +801,45 @@ def test_unwritable_plot_path_is_one_line(capsys, tmp_path: Path) -> None:
     assert "--plot: cannot write" in err
 
 
-# 11. The installed script.
+# 11. Parsing and random inputs.
+
+
+def test_values_parse_rows_and_spaces() -> None:
+    from lossgrad.explain._values import Values
+
+    values = Values({"input": " 1, 2 ;3 4;", "target": "2"})
+    assert values.rows("input") == [[1.0, 2.0], [3.0, 4.0]]
+    assert values.array("target").tolist() == [2.0]
+    assert values.matrix("target").shape == (1, 1)
+    assert values.per_row("input", 4).tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+finite_numbers = st.floats(min_value=-5, max_value=5, allow_nan=False).map(lambda x: round(x, 3))
+
+
+@given(
+    name=st.sampled_from(["l1_loss", "mse_loss", "huber_loss", "cross_entropy", "negative_pair_loss"]),
+    first=st.lists(finite_numbers, min_size=3, max_size=3),
+    second=st.lists(finite_numbers, min_size=3, max_size=3),
+)
+def test_random_inputs_never_fail(name: str, first: list[float], second: list[float]) -> None:
+    """Rounded inputs often sit exactly on a kink; those must be marked, never failed."""
+    require(name)
+    explainer = _registry.EXPLAINERS[name]
+    text = {"input": ",".join(map(str, first))}
+    if name == "cross_entropy":
+        text["target"] = "1"
+    elif name == "negative_pair_loss":
+        text["other"] = ",".join(map(str, second))
+    else:
+        text["target"] = ",".join(map(str, second))
+    from lossgrad.explain._check import check
+
+    outcome = check(explainer, explainer.build(_registry_values(text)))
+    assert outcome.status != "fail", f"{name} {text}: {outcome.failure}"
+
+
+# 12. The installed script.
 
 
 def test_installed_script_runs() -> None:

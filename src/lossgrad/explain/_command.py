@@ -93,8 +93,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.list:
             return list_losses(args)
-        # A loss's warning (kl_div's 'mean') would otherwise print once per call site
-        # with a source line; it is shown once, as one line, and kept in the report.
+        # A loss's warning (kl_div's 'mean') would otherwise print with its source line.
+        # Each is shown once, as one line, and kept in the report.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             report = explain(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 import tomllib
@@ -211,6 +212,31 @@ def test_own_npz_classify(tmp_path, capsys):
     assert metrics["test_rows"] == 18
     for stats in metrics["results"].values():
         assert stats["test_accuracy"]["mean"] > 0.8
+
+
+def test_own_npz_images_embed(tmp_path, capsys):
+    # Rows of 2-D images are flattened into feature vectors.
+    x, y = blob_data(features=16)
+    path = tmp_path / "images.npz"
+    np.savez(path, x=x.reshape(-1, 4, 4), y=y)
+    folder = tmp_path / "out"
+    code, _, err = run_cli(capsys, "embed", "--fast", "--quiet", "--epochs", "3",
+                           "--embedding-dim", "2", "--data", str(path), "--out", str(folder))
+    assert code == 0, err
+    assert_run_folder(folder, ("curves", "embedding"))
+    results = read_metrics(folder)["results"]
+    assert results["triplet"]["knn_accuracy"]["mean"] > 0.8
+
+
+def test_progress_and_logging(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="lossgrad")
+    code, _, err = run_cli(capsys, "regress", "--fast", "--epochs", "2", "--seeds", "0,",
+                           "--temperature", "3", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith("running regress on diabetes") for message in messages)
+    assert any(message.startswith("finished in") for message in messages)
+    assert "--temperature does not apply to the regress experiment; ignored" in messages
 
 
 def test_own_csv_distill_with_label_column(tmp_path, capsys):

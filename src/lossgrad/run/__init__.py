@@ -55,11 +55,18 @@ def main(args: argparse.Namespace) -> int:
         for name, value in vars(args).items()
         if name not in ("command", "handler", "verbose")
     }
+    # --quiet and --threads change process-wide state; restore it for callers in this process.
+    package_logger = logging.getLogger("lossgrad")
+    log_level = package_logger.level
+    threads = torch.get_num_threads()
     try:
         return _run(flag_values)
     except RunError as error:
         print(f"lossgrad run: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        package_logger.setLevel(log_level)
+        torch.set_num_threads(threads)
 
 
 def _run(flag_values: dict[str, object]) -> int:
@@ -69,6 +76,7 @@ def _run(flag_values: dict[str, object]) -> int:
         logging.getLogger("lossgrad").setLevel(logging.WARNING)
     for flag in unused:
         logger.warning("%s does not apply to the %s experiment; ignored", flag, config.experiment)
+    # NOTE: the CUDA path has not been run yet; every experiment has been tested on CPU only.
     if config.device == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: CUDA is not available here; use --device cpu")
     torch.set_num_threads(config.threads)

@@ -24,6 +24,7 @@ from .._checks import (
     to_input_dtype,
 )
 from .._formula import Formula, documented
+from .._kernels import triton_ops
 from .._kernels.cross_entropy_rule import cross_entropy_rule, mean_denominator
 from .._kernels.rows import fused_rows
 from .._reduction import accumulate_dtype, grad_scale, reduce_loss
@@ -142,8 +143,18 @@ class _CrossEntropyFunction(torch.autograd.Function):
         compute = accumulate_dtype(logits.dtype)
         if torch._C._are_functorch_transforms_active():
             logits = _batched_like_inputs(logits, target, weight)
-        rule = cross_entropy_rule(target, weight, ignore_index, label_smoothing)
-        row_loss, grad = fused_rows(logits, rule, inplace=inplace)
+        if triton_ops.use_triton(logits):
+            row_loss, grad = triton_ops.cross_entropy_rows(
+                logits,
+                target,
+                weight,
+                ignore_index=ignore_index,
+                label_smoothing=label_smoothing,
+                inplace=inplace,
+            )
+        else:
+            rule = cross_entropy_rule(target, weight, ignore_index, label_smoothing)
+            row_loss, grad = fused_rows(logits, rule, inplace=inplace)
         denominator = mean_denominator(target, weight, ignore_index, compute)
         loss = _reduce(row_loss, reduction, denominator, logits.dtype)
         if inplace:

@@ -598,6 +598,21 @@ def test_plot_curve_is_lossgrad_gradient() -> None:
             assert slope == 0.0
 
 
+@pytest.mark.parametrize("name", LOSSES)
+def test_plot_measure_inverts_place(name: str) -> None:
+    """The plot's mark is right only if measuring a placed case returns the placed value."""
+    require(name)
+    explainer = _registry.EXPLAINERS[name]
+    sweep = explainer.sweep
+    case = explainer.build(_registry_values(explainer.examples[0].values))
+    low, high = sweep.bounds(case)
+    assert low < high
+    for fraction in (0.1, 0.5, 0.8):
+        t = low + fraction * (high - low)
+        placed = sweep.place(case, torch.tensor(t, dtype=torch.float64))
+        assert sweep.measure(placed) == pytest.approx(t, abs=1e-9), f"{name} at t = {t}"
+
+
 def test_plot_range_widens_with_margin() -> None:
     require("triplet_margin_loss")
     from lossgrad.explain._plot import sweep_curve

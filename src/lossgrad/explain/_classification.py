@@ -138,7 +138,14 @@ def place_target_logit(case: Case, t: Tensor) -> Case:
     return case.replace(input=logits, target=case.arguments["target"][:1])
 
 
-TARGET_LOGIT = Sweep("logit", "logit x_y of the first row's target class", -6.0, 6.0, place_target_logit)
+def measure_target_logit(case: Case) -> float:
+    """Return the first row's logit of its target class."""
+    return float(case.arguments["input"][0, target_column(case)])
+
+
+TARGET_LOGIT = Sweep(
+    "logit", "logit x_y of the first row's target class", -6.0, 6.0, place_target_logit, measure=measure_target_logit
+)
 
 
 # 2. binary_cross_entropy_with_logits and binary_cross_entropy
@@ -271,8 +278,24 @@ def place_first_row(case: Case, t: Tensor) -> Case:
     return case.replace(**arguments)
 
 
-LOGIT = Sweep("logit", "logit x of the first row's target element", -6.0, 6.0, place_first_row)
-PROBABILITY = Sweep("probability", "probability p of the first row's target element", 0.02, 0.98, place_first_row)
+def measure_first_row(case: Case) -> float:
+    """Return the first row's input at its target's element."""
+    prediction = case.arguments["input"]
+    row = prediction[0] if prediction.dim() == 2 else prediction
+    return float(row.reshape(-1)[first_target_position(case)])
+
+
+LOGIT = Sweep(
+    "logit", "logit x of the first row's target element", -6.0, 6.0, place_first_row, measure=measure_first_row
+)
+PROBABILITY = Sweep(
+    "probability",
+    "probability p of the first row's target element",
+    0.02,
+    0.98,
+    place_first_row,
+    measure=measure_first_row,
+)
 
 
 

@@ -212,7 +212,20 @@ def place_student_logit(case: Case, t: Tensor) -> Case:
     return case.replace(**arguments)
 
 
-STUDENT_LOGIT = Sweep("logit", "student logit of the teacher's top class (first row)", -6.0, 6.0, place_student_logit)
+def measure_student_logit(case: Case) -> float:
+    """Return the first row's student logit of the teacher's top class."""
+    teacher = case.arguments["teacher_logits"][0]
+    return float(case.arguments["student_logits"][0, int(teacher.argmax())])
+
+
+STUDENT_LOGIT = Sweep(
+    "logit",
+    "student logit of the teacher's top class (first row)",
+    -6.0,
+    6.0,
+    place_student_logit,
+    measure=measure_student_logit,
+)
 
 DISTILLATION_TAKES = ("input", "other", "target", "temperature", "ignore_index", "reduction")
 
@@ -233,7 +246,14 @@ EXPLAINERS = (
                 "softmax − q, the gradient of kd_loss and cross_entropy.",
             ),
         ),
-        sweep=Sweep("log-probability", "log-probability x of the first row's top target class", -5.0, 0.0, place_kl_input),
+        sweep=Sweep(
+            "log-probability",
+            "log-probability x of the first row's top target class",
+            -5.0,
+            0.0,
+            place_kl_input,
+            measure=lambda case: float(case.arguments["input"][0, int(target_probability(case)[0].argmax())]),
+        ),
     ),
     Explainer(
         name="kd_loss",

@@ -309,9 +309,25 @@ def widen_pair_distance(case: Case) -> tuple[float, float]:
     return 0.0, max([2.0] + [2 * margin for margin in margins])
 
 
+def measure_pair_distance(case: Case) -> float:
+    """Return ‖x₁ − x₂‖ of the first pair."""
+    return float(norm(case.arguments["x1"][0] - case.arguments["x2"][0]))
+
+
 PAIR_DISTANCE = Sweep(
-    "distance", "distance ‖x₁ − x₂‖ of the first pair", 0.0, 2.0, place_pair_distance, widen_pair_distance
+    "distance",
+    "distance ‖x₁ − x₂‖ of the first pair",
+    0.0,
+    2.0,
+    place_pair_distance,
+    widen_pair_distance,
+    measure_pair_distance,
 )
+
+
+def measure_cosine(first: str, second: str) -> Callable[[Case], float]:
+    """Return a function that gives the cosine of the first pair of ``first`` and ``second``."""
+    return lambda case: float(cosine(case.arguments[first][:1], case.arguments[second][:1])[0])
 
 
 # 5. The triplet loss.
@@ -436,7 +452,9 @@ EXPLAINERS = (
                 "cosine rises towards 1 (try --steps 5).",
             ),
         ),
-        sweep=Sweep("cosine", "cosine of the first pair", -0.99, 0.99, place_cosine("x1", "x2")),
+        sweep=Sweep(
+            "cosine", "cosine of the first pair", -0.99, 0.99, place_cosine("x1", "x2"), measure=measure_cosine("x1", "x2")
+        ),
         learning_rate=0.1,
     ),
     Explainer(
@@ -460,7 +478,14 @@ EXPLAINERS = (
                 "gradient −∂cos/∂xᵢ (up to PyTorch's ε in the norms).",
             ),
         ),
-        sweep=Sweep("cosine", "cosine of the first pair", -0.99, 0.99, place_cosine("input1", "input2")),
+        sweep=Sweep(
+            "cosine",
+            "cosine of the first pair",
+            -0.99,
+            0.99,
+            place_cosine("input1", "input2"),
+            measure=measure_cosine("input1", "input2"),
+        ),
         learning_rate=0.1,
     ),
     Explainer(
@@ -539,6 +564,7 @@ EXPLAINERS = (
             3.0,
             place_negative_distance,
             widen_negative_distance,
+            lambda case: float(norm(case.arguments["anchor"][0] - case.arguments["negative"][0])),
         ),
         learning_rate=0.1,
     ),

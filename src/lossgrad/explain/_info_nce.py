@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._classification import log_softmax, softmax
-from ._embedding import norm
+from ._embedding import cosine, norm
 from ._table import Case, Example, Explainer, Sweep, no_kinks, reduce, same_shape
 from ._values import UsageError, Values
 
@@ -110,7 +110,14 @@ EXPLAINERS = (
                 "sharpens the softmax and concentrates the push on the hardest negative.",
             ),
         ),
-        sweep=Sweep("cosine", "cosine of query 0 and its key", -0.99, 0.99, place_key_cosine),
+        sweep=Sweep(
+            "cosine",
+            "cosine of query 0 and its key",
+            -0.99,
+            0.99,
+            place_key_cosine,
+            measure=lambda case: float(cosine(case.arguments["query"][:1], case.arguments["key"][:1])[0]),
+        ),
         learning_rate=0.1,
     ),
 )

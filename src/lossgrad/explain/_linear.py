@@ -122,6 +122,11 @@ def place_head_logit(
     return place
 
 
+def measure_head_logit(input_key: str, weight_key: str, column: Callable[[Case], int]) -> Callable[[Case], float]:
+    """Return a function that gives the first row's logit x·W_j of the swept class j."""
+    return lambda case: float(case.arguments[input_key][0] @ case.arguments[weight_key][column(case)])
+
+
 def first_target(case: Case) -> int:
     """Return the first row's target class, or 0 when it is ignored."""
     target = int(case.arguments["target"][0])
@@ -221,6 +226,7 @@ EXPLAINERS = (
             -6.0,
             6.0,
             place_head_logit("input", "linear_weight", first_target, ("target",)),
+            measure=measure_head_logit("input", "linear_weight", first_target),
         ),
         learning_rate=0.5,
     ),
@@ -251,6 +257,7 @@ EXPLAINERS = (
             -6.0,
             6.0,
             place_head_logit("student_input", "student_weight", teacher_top_class, ("teacher_input", "target")),
+            measure=measure_head_logit("student_input", "student_weight", teacher_top_class),
         ),
         learning_rate=0.5,
     ),

@@ -48,8 +48,13 @@ def plot(path: Path, curves: list[tuple[Explainer, Case]]) -> None:
     figure, (loss_axes, gradient_axes) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for explainer, case in curves:
         points, losses, slopes = sweep_curve(explainer, case)
-        loss_axes.plot(points, losses, label=explainer.name)
+        (line,) = loss_axes.plot(points, losses, label=explainer.name)
         gradient_axes.plot(points, slopes, label=explainer.name)
+        if explainer.sweep.measure is not None:
+            # A dotted line marks where the case itself sits on the curve.
+            now = explainer.sweep.measure(case)
+            for axes in (loss_axes, gradient_axes):
+                axes.axvline(now, color=line.get_color(), linestyle=":", linewidth=1)
     label = curves[0][0].sweep.label
     loss_axes.set(xlabel=label, ylabel="loss ℓ", title="loss")
     gradient_axes.set(xlabel=label, ylabel=f"dℓ/d({curves[0][0].sweep.axis})", title="gradient (lossgrad backward)")

@@ -122,7 +122,12 @@ def place_residual(case: Case, t: Tensor) -> Case:
     return first
 
 
-RESIDUAL = Sweep("residual", "residual r = x − y", -2.0, 2.0, place_residual)
+def measure_residual(case: Case) -> float:
+    """Return the first element's residual."""
+    return float(residual(case).reshape(-1)[0])
+
+
+RESIDUAL = Sweep("residual", "residual r = x − y", -2.0, 2.0, place_residual, measure=measure_residual)
 
 
 def residual_sweep(option: str) -> Sweep:
@@ -132,7 +137,7 @@ def residual_sweep(option: str) -> Sweep:
         half_width = max(2.0, 3 * float(case.options[option]))
         return -half_width, half_width
 
-    return Sweep("residual", "residual r = x − y", -2.0, 2.0, place_residual, widen)
+    return Sweep("residual", "residual r = x − y", -2.0, 2.0, place_residual, widen, measure_residual)
 
 EXPLAINERS = (
     Explainer(

@@ -139,10 +139,10 @@ def render_report(report: dict[str, Any]) -> str:
                 [f"  {report['loss']}", *case_lines(case)],
                 [f"  {compare['loss']}", *case_lines(other)],
             )
-            for block in (case, other):
+            for name, block in ((report["loss"], case), (compare["loss"], other)):
                 table = steps_lines(block)
                 if table:
-                    lines += ["", f"  {report['loss'] if block is case else compare['loss']}"] + table
+                    lines += ["", f"  {name}"] + table
         else:
             lines += case_lines(case)
             table = steps_lines(case)

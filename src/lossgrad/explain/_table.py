@@ -65,6 +65,8 @@ class Sweep:
             swept quantity equals ``t`` (a 0-dim tensor that requires grad).
         widen: returns a wider range for the case's options (a large margin),
             or None to keep ``low, high``.
+        measure: returns the swept quantity's value in the given case, which
+            the plot marks, or None for no mark.
     """
 
     axis: str
@@ -73,6 +75,7 @@ class Sweep:
     high: float
     place: Callable[[Case, Tensor], Case]
     widen: Callable[[Case], tuple[float, float]] | None = None
+    measure: Callable[[Case], float] | None = None
 
     def bounds(self, case: Case) -> tuple[float, float]:
         """Return the plotted range for ``case``."""

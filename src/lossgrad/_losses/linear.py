@@ -17,6 +17,9 @@ and backward only multiplies them by the scalar upstream gradient. For
 ``reduction="none"`` the upstream gradient differs per row and is unknown in
 the forward pass, so backward recomputes each chunk's logits and scales
 each row's ``∂ℓ/∂z`` by its own upstream gradient before the matmuls.
+
+NOTE: on CUDA the chunks run the same plain tensor ops (the shared CPU row
+rules, not the Triton kernels); that path has not been run on a GPU.
 """
 
 from __future__ import annotations
@@ -577,7 +580,8 @@ def linear_cross_entropy(
         - Low-precision input (float16, bfloat16): the logits are rounded to
           the input dtype as in ``F.linear``, the loss and ``∂ℓ/∂z`` are
           computed in float32, and the weight and bias gradients accumulate
-          in float32 over the chunks.
+          in float32 over the chunks. ``torch.autocast`` does not lower the
+          dtype: its CPU version leaves these ``out=`` matmuls alone.
     """
     # 1. Types and shapes.
     check_float_tensor("input", input)

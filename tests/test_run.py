@@ -321,6 +321,7 @@ def bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "unknown config key": (["--config", str(unknown_key)], "unknown key 'temprature'"),
         "invalid toml": (["--config", str(bad_toml)], "invalid TOML"),
         "option without value": (["--epochs"], "expected one argument"),
+        "unknown option": (["--temprature", "3"], "unrecognized arguments: --temprature 3"),
     }
 
 
@@ -329,7 +330,7 @@ def bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     "negative label", "fractional label", "non-numeric feature", "npz without x and y",
     "omitted class not a label", "epochs not an integer", "epochs zero", "seeds not numbers",
     "alpha out of range", "unknown device", "missing config file", "unknown config key",
-    "invalid toml", "option without value",
+    "invalid toml", "option without value", "unknown option",
 ])
 def test_bad_input_one_line(tmp_path, capsys, case):
     arguments, expected = bad_cases(tmp_path)[case]

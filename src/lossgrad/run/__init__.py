@@ -36,6 +36,22 @@ def _error_in_one_line(parser: argparse.ArgumentParser):
     return error
 
 
+def _reject_unknown_arguments(parser: argparse.ArgumentParser):
+    """Return a parse_known_args that reports leftover arguments through parser.error.
+
+    Left alone, argparse hands them to the top-level parser, which prints its usage as well.
+    """
+    parse_known_args = parser.parse_known_args
+
+    def parse(args=None, namespace=None):
+        namespace, extras = parse_known_args(args, namespace)
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    return parse
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add this command's arguments and options to parser."""
     parser.epilog = (
@@ -45,6 +61,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_options(parser)
     # argparse prints the usage before its error; one line is easier to read in scripts.
     parser.error = _error_in_one_line(parser)
+    parser.parse_known_args = _reject_unknown_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -321,7 +321,7 @@ def bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "unknown config key": (["--config", str(unknown_key)], "unknown key 'temprature'"),
         "invalid toml": (["--config", str(bad_toml)], "invalid TOML"),
         "option without value": (["--epochs"], "expected one argument"),
-        "unknown option": (["--temprature", "3"], "unrecognized arguments: --temprature 3"),
+        "unknown option": (["--temprature", "3"], "unrecognized arguments: --temprature"),
     }
 
 

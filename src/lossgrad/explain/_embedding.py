@@ -447,7 +447,7 @@ EXPLAINERS = (
             Example(
                 PULL_EXAMPLE,
                 "1 − cos has the gradient of −cos, and ∂cos/∂x₁ = x₂/(‖x₁‖‖x₂‖) − cos·x₁/‖x₁‖²: "
-                "the part of x₂ across x₁, scaled by 1/‖x₁‖. It is orthogonal to x₁, so descent "
+                "the part of x₂'s direction orthogonal to x₁, divided by ‖x₁‖. Because it is orthogonal to x₁, descent "
                 "turns each vector towards the other and leaves the norms almost unchanged; the "
                 "cosine rises towards 1 (try --steps 5).",
             ),

@@ -77,7 +77,9 @@ def kd_soft(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     """Return T² KL(softmax(t/T) ‖ softmax(s/T)), mean over rows."""
     log_student = F.log_softmax(student / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher.detach() / temperature, dim=-1)
-    return temperature**2 * F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    return temperature**2 * F.kl_div(
+        log_student, log_teacher, reduction="batchmean", log_target=True
+    )
 
 
 def kd(student, teacher, target, options) -> torch.Tensor:
@@ -97,9 +99,9 @@ def js(student, teacher, options) -> torch.Tensor:
     if beta == 0:
         return kd_soft(student, teacher, temperature)
     mixture = beta * p_teacher + (1 - beta) * p_student
-    divergence = beta * F.kl_div(mixture.log(), p_teacher, reduction="batchmean") + (1 - beta) * F.kl_div(
-        mixture.log(), p_student, reduction="batchmean"
-    )
+    divergence = beta * F.kl_div(mixture.log(), p_teacher, reduction="batchmean") + (
+        1 - beta
+    ) * F.kl_div(mixture.log(), p_student, reduction="batchmean")
     return temperature**2 * divergence
 
 
@@ -162,7 +164,9 @@ def info_nce(t: dict, o: dict) -> torch.Tensor:
     return F.cross_entropy(scores, torch.arange(scores.shape[0]), reduction=o["reduction"])
 
 
-def weighted(per_element: torch.Tensor, t: dict, o: dict, divide_by_weight_sum: bool) -> torch.Tensor:
+def weighted(
+    per_element: torch.Tensor, t: dict, o: dict, divide_by_weight_sum: bool
+) -> torch.Tensor:
     """Return the sum, or the mean over the weight sum (or element count), of the weighted losses."""
     weight = t["weight"]
     if o["reduction"] == "sum":
@@ -200,18 +204,26 @@ INDEPENDENT: dict[str, Callable[[dict, dict], torch.Tensor]] = {
         label_smoothing=o["label_smoothing"],
     ),
     "binary_cross_entropy_with_logits": lambda t, o: F.binary_cross_entropy_with_logits(
-        t["input"], t["target"], weight=t.get("weight"), pos_weight=t.get("pos_weight"), reduction=o["reduction"]
+        t["input"],
+        t["target"],
+        weight=t.get("weight"),
+        pos_weight=t.get("pos_weight"),
+        reduction=o["reduction"],
     ),
     "binary_cross_entropy": lambda t, o: F.binary_cross_entropy(
         t["input"], t["target"], weight=t.get("weight"), reduction=o["reduction"]
     ),
-    "kl_div": lambda t, o: F.kl_div(t["input"], t["target"], reduction=o["reduction"], log_target=o["log_target"]),
+    "kl_div": lambda t, o: F.kl_div(
+        t["input"], t["target"], reduction=o["reduction"], log_target=o["log_target"]
+    ),
     "kd_loss": lambda t, o: kd(t["student_logits"], t["teacher_logits"], t.get("target"), o),
     "js_div": lambda t, o: js(t["student_logits"], t["teacher_logits"], o),
     "cosine_similarity_loss": lambda t, o: reduced(
-        1 - F.cosine_similarity(t["x1"], t["x2"], eps=o["eps"])
-        if "score" not in t
-        else (F.cosine_similarity(t["x1"], t["x2"], eps=o["eps"]) - t["score"]) ** 2,
+        (
+            1 - F.cosine_similarity(t["x1"], t["x2"], eps=o["eps"])
+            if "score" not in t
+            else (F.cosine_similarity(t["x1"], t["x2"], eps=o["eps"]) - t["score"]) ** 2
+        ),
         o["reduction"],
     ),
     "cosine_embedding_loss": lambda t, o: F.cosine_embedding_loss(
@@ -222,7 +234,13 @@ INDEPENDENT: dict[str, Callable[[dict, dict], torch.Tensor]] = {
     ),
     "contrastive_loss": contrastive,
     "triplet_margin_loss": lambda t, o: F.triplet_margin_loss(
-        t["anchor"], t["positive"], t["negative"], margin=o["margin"], p=o["p"], eps=0.0, swap=o["swap"],
+        t["anchor"],
+        t["positive"],
+        t["negative"],
+        margin=o["margin"],
+        p=o["p"],
+        eps=0.0,
+        swap=o["swap"],
         reduction=o["reduction"],
     ),
     "info_nce": info_nce,
@@ -236,16 +254,16 @@ def assert_case_matches_independent(name: str, case: dict) -> None:
     wrt = list(case["gradients"])
     tensors = tensors_of(case["inputs"], wrt)
     expected = INDEPENDENT[name](tensors, case["options"])
-    assert math.isclose(case["loss"], float(expected.detach()), rel_tol=1e-9, abs_tol=1e-12), (
-        f"{name}: loss {case['loss']} != independent {float(expected.detach())}"
-    )
+    assert math.isclose(
+        case["loss"], float(expected.detach()), rel_tol=1e-9, abs_tol=1e-12
+    ), f"{name}: loss {case['loss']} != independent {float(expected.detach())}"
     grads = torch.autograd.grad(expected, [tensors[key] for key in wrt], allow_unused=True)
     for key, grad in zip(wrt, grads):
         expected_grad = torch.zeros_like(tensors[key]) if grad is None else grad
         actual = torch.tensor(case["gradients"][key]["closed_form"], dtype=torch.float64)
-        assert torch.allclose(actual, expected_grad, rtol=1e-8, atol=1e-10), (
-            f"{name}: ∂ℓ/∂{key} closed form {actual.tolist()} != independent {expected_grad.tolist()}"
-        )
+        assert torch.allclose(
+            actual, expected_grad, rtol=1e-8, atol=1e-10
+        ), f"{name}: ∂ℓ/∂{key} closed form {actual.tolist()} != independent {expected_grad.tolist()}"
 
 
 # 2. The table itself.
@@ -384,28 +402,152 @@ USER_INPUTS = [
     ("huber_loss", ["--input", "0.5,3", "--target", "0,0", "--weight", "2,0.5"]),
     ("huber_loss", ["--input", "0.5,3", "--target", "0,0", "--delta", "0.5"]),
     ("smooth_l1_loss", ["--input", "0.5,3", "--target", "0,0", "--beta", "2"]),
-    ("cross_entropy", ["--input", "1,2,3;0,0,1", "--target", "2,0", "--weight", "1,2,0.5", "--label-smoothing", "0.2"]),
+    (
+        "cross_entropy",
+        [
+            "--input",
+            "1,2,3;0,0,1",
+            "--target",
+            "2,0",
+            "--weight",
+            "1,2,0.5",
+            "--label-smoothing",
+            "0.2",
+        ],
+    ),
     ("cross_entropy", ["--input", "1,2,3", "--target", "0.2,0.3,0.5"]),
-    ("binary_cross_entropy_with_logits", ["--input", "1,-2;0.5,0", "--target", "1,0;0,1", "--pos-weight", "2,3"]),
+    (
+        "binary_cross_entropy_with_logits",
+        ["--input", "1,-2;0.5,0", "--target", "1,0;0,1", "--pos-weight", "2,3"],
+    ),
     ("binary_cross_entropy", ["--input", "0.3,0.6", "--target", "0,1", "--weight", "2,1"]),
     ("kl_div", ["--input=-1,-2,-0.5", "--target", "0,0.5,0.5", "--reduction", "sum"]),
-    ("kd_loss", ["--input", "1,2;0,1", "--other", "2,1;1,1", "--target", "1,0", "--temperature", "2", "--alpha", "0.3"]),
+    (
+        "kd_loss",
+        [
+            "--input",
+            "1,2;0,1",
+            "--other",
+            "2,1;1,1",
+            "--target",
+            "1,0",
+            "--temperature",
+            "2",
+            "--alpha",
+            "0.3",
+        ],
+    ),
     ("js_div", ["--input", "1,2;0,1", "--other", "2,1;1,1", "--beta", "0.3", "--temperature", "2"]),
     ("cosine_similarity_loss", ["--input", "1,0;1,1", "--other", "0,1;1,2", "--score", "0.5,0.9"]),
-    ("cosine_embedding_loss", ["--input", "1,0;1,1", "--other", "0,1;1,2", "--target", "1,-1", "--margin", "0.2"]),
-    ("negative_pair_loss", ["--input", "0,0;1,1", "--other", "0.3,0.4;1,1.2", "--margin", "2", "--distance", "squared_euclidean"]),
-    ("contrastive_loss", ["--input", "0,0;1,1", "--other", "0.3,0.4;1,1.2", "--target", "1,0", "--pos-margin", "0.1", "--squared"]),
-    ("contrastive_loss", ["--input", "1,0;1,1", "--other", "0.3,0.4;1,1.2", "--target", "0,0", "--distance", "cosine"]),
-    ("triplet_margin_loss", ["--anchor", "0,0;1,1", "--positive", "0.5,0;1,2", "--negative", "0.2,0.1;3,1.5", "--swap"]),
-    ("triplet_margin_loss", ["--anchor", "0,0", "--positive", "0.5,0.2", "--negative", "0.2,0.1", "--p", "3"]),
-    ("info_nce", ["--input", "1,0;0,1;1,1", "--other", "1,0.2;0.1,1;1,0.9", "--temperature", "0.2"]),
-    ("linear_cross_entropy", ["--input", "1,2;0,1", "--linear-weight", "1,0;0,1;1,-1", "--target", "2,1", "--label-smoothing", "0.1"]),
-    ("linear_kd_loss", ["--input", "1,2;0,1", "--linear-weight", "1,0;0,1;1,-1", "--other", "1;2", "--teacher-weight", "1;0;-1", "--target", "2,1", "--alpha", "0.2"]),
-    ("linear_kd_loss", ["--input", "1,2;0,1", "--linear-weight", "1,0;0,1;1,-1", "--other", "1;2", "--teacher-weight", "1;0;-1", "--divergence", "js", "--beta", "0.7"]),
+    (
+        "cosine_embedding_loss",
+        ["--input", "1,0;1,1", "--other", "0,1;1,2", "--target", "1,-1", "--margin", "0.2"],
+    ),
+    (
+        "negative_pair_loss",
+        [
+            "--input",
+            "0,0;1,1",
+            "--other",
+            "0.3,0.4;1,1.2",
+            "--margin",
+            "2",
+            "--distance",
+            "squared_euclidean",
+        ],
+    ),
+    (
+        "contrastive_loss",
+        [
+            "--input",
+            "0,0;1,1",
+            "--other",
+            "0.3,0.4;1,1.2",
+            "--target",
+            "1,0",
+            "--pos-margin",
+            "0.1",
+            "--squared",
+        ],
+    ),
+    (
+        "contrastive_loss",
+        [
+            "--input",
+            "1,0;1,1",
+            "--other",
+            "0.3,0.4;1,1.2",
+            "--target",
+            "0,0",
+            "--distance",
+            "cosine",
+        ],
+    ),
+    (
+        "triplet_margin_loss",
+        ["--anchor", "0,0;1,1", "--positive", "0.5,0;1,2", "--negative", "0.2,0.1;3,1.5", "--swap"],
+    ),
+    (
+        "triplet_margin_loss",
+        ["--anchor", "0,0", "--positive", "0.5,0.2", "--negative", "0.2,0.1", "--p", "3"],
+    ),
+    (
+        "info_nce",
+        ["--input", "1,0;0,1;1,1", "--other", "1,0.2;0.1,1;1,0.9", "--temperature", "0.2"],
+    ),
+    (
+        "linear_cross_entropy",
+        [
+            "--input",
+            "1,2;0,1",
+            "--linear-weight",
+            "1,0;0,1;1,-1",
+            "--target",
+            "2,1",
+            "--label-smoothing",
+            "0.1",
+        ],
+    ),
+    (
+        "linear_kd_loss",
+        [
+            "--input",
+            "1,2;0,1",
+            "--linear-weight",
+            "1,0;0,1;1,-1",
+            "--other",
+            "1;2",
+            "--teacher-weight",
+            "1;0;-1",
+            "--target",
+            "2,1",
+            "--alpha",
+            "0.2",
+        ],
+    ),
+    (
+        "linear_kd_loss",
+        [
+            "--input",
+            "1,2;0,1",
+            "--linear-weight",
+            "1,0;0,1;1,-1",
+            "--other",
+            "1;2",
+            "--teacher-weight",
+            "1;0;-1",
+            "--divergence",
+            "js",
+            "--beta",
+            "0.7",
+        ],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "argv"), USER_INPUTS, ids=[f"{name}-{i}" for i, (name, _) in enumerate(USER_INPUTS)])
+@pytest.mark.parametrize(
+    ("name", "argv"), USER_INPUTS, ids=[f"{name}-{i}" for i, (name, _) in enumerate(USER_INPUTS)]
+)
 def test_user_input_values_are_correct(name: str, argv: list[str], capsys) -> None:
     require(name)
     report = explain_json(capsys, name, *argv)
@@ -480,7 +622,9 @@ def test_list_json(capsys) -> None:
 
 def test_l1_steps_are_constant(capsys) -> None:
     require("l1_loss")
-    report = explain_json(capsys, "l1_loss", "--input", "0.5", "--target", "0.7", "--steps", "3", "--lr", "0.05")
+    report = explain_json(
+        capsys, "l1_loss", "--input", "0.5", "--target", "0.7", "--steps", "3", "--lr", "0.05"
+    )
     predictions = [step["inputs"]["input"][0] for step in report["cases"][0]["steps"]]
     assert predictions == pytest.approx([0.5, 0.55, 0.6, 0.65], abs=1e-12)
 
@@ -493,7 +637,7 @@ def test_negative_pair_hinge_goes_silent_past_margin(capsys) -> None:
     past = [index for index, d in enumerate(distances) if d > 1.0]
     assert past, f"the distance never passed the margin: {distances}"
     first = past[0]
-    assert all(b > a for a, b in zip(distances[: first], distances[1 : first + 1]))
+    assert all(b > a for a, b in zip(distances[:first], distances[1 : first + 1]))
     for step in steps[first:]:
         assert step["loss"] == 0.0
         assert step["inputs"] == steps[first]["inputs"]
@@ -628,7 +772,12 @@ def test_plot_of_different_axes_is_rejected(capsys, tmp_path: Path) -> None:
     require("binary_cross_entropy")
     require("binary_cross_entropy_with_logits")
     code, _, err = explain(
-        capsys, "binary_cross_entropy", "--compare", "binary_cross_entropy_with_logits", "--plot", str(tmp_path / "x.png")
+        capsys,
+        "binary_cross_entropy",
+        "--compare",
+        "binary_cross_entropy_with_logits",
+        "--plot",
+        str(tmp_path / "x.png"),
     )
     assert code == 2
     assert "cannot overlay" in err
@@ -641,7 +790,14 @@ def test_compare_cross_entropy_with_sigmoid_bce(capsys) -> None:
     require("cross_entropy")
     require("binary_cross_entropy_with_logits")
     report = explain_json(
-        capsys, "cross_entropy", "--input", "2,1,0.1", "--target", "0", "--compare", "binary_cross_entropy_with_logits"
+        capsys,
+        "cross_entropy",
+        "--input",
+        "2,1,0.1",
+        "--target",
+        "0",
+        "--compare",
+        "binary_cross_entropy_with_logits",
     )
     softmax_case = report["cases"][0]
     sigmoid_case = report["compare"]["cases"][0]
@@ -649,7 +805,9 @@ def test_compare_cross_entropy_with_sigmoid_bce(capsys) -> None:
     logits = torch.tensor([2.0, 1.0, 0.1], dtype=torch.float64)
     one_hot = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     softmax_grad = torch.tensor(softmax_case["gradients"]["input"]["closed_form"][0])
-    sigmoid_grad = torch.tensor(sigmoid_case["gradients"]["input"]["closed_form"], dtype=torch.float64)
+    sigmoid_grad = torch.tensor(
+        sigmoid_case["gradients"]["input"]["closed_form"], dtype=torch.float64
+    )
     assert torch.allclose(softmax_grad.double(), torch.softmax(logits, 0) - one_hot, atol=1e-12)
     assert torch.allclose(sigmoid_grad, (torch.sigmoid(logits) - one_hot) / 3, atol=1e-12)
     assert sigmoid_case["inputs"]["target"] == [1.0, 0.0, 0.0]
@@ -659,7 +817,9 @@ def test_compare_cross_entropy_with_sigmoid_bce(capsys) -> None:
 def test_compare_text_is_side_by_side(capsys) -> None:
     require("l1_loss")
     require("mse_loss")
-    code, out, _ = explain(capsys, "l1_loss", "--compare", "mse_loss", "--input", "0.5", "--target", "0.7")
+    code, out, _ = explain(
+        capsys, "l1_loss", "--compare", "mse_loss", "--input", "0.5", "--target", "0.7"
+    )
     assert code == 0
     header = next(line for line in out.splitlines() if "l1_loss" in line and "mse_loss" in line)
     assert header.index("l1_loss") < header.index("mse_loss")
@@ -711,7 +871,7 @@ def test_l1_zero_residual_json(capsys) -> None:
 
 
 def test_hinge_at_margin_is_a_kink(capsys) -> None:
-    """At d = margin the central difference averages the two slopes, so it disagrees with the subgradient 0."""
+    """At d = margin the central difference averages the two slopes, unlike the subgradient 0."""
     require("negative_pair_loss")
     [case] = explain_json(capsys, "negative_pair_loss", "--input", "0,0", "--other", "1,0")["cases"]
     assert case["status"] == "kink"
@@ -730,7 +890,9 @@ def test_coincident_triplet_points_are_a_kink(capsys) -> None:
 
 def test_zero_vector_cosine_embedding_is_kink(capsys) -> None:
     require("cosine_embedding_loss")
-    [case] = explain_json(capsys, "cosine_embedding_loss", "--input", "0,0", "--other", "1,2", "--target", "1")["cases"]
+    [case] = explain_json(
+        capsys, "cosine_embedding_loss", "--input", "0,0", "--other", "1,2", "--target", "1"
+    )["cases"]
     assert case["status"] == "kink"
     assert "‖input1‖" in case["kinks"][0]
 
@@ -738,7 +900,10 @@ def test_zero_vector_cosine_embedding_is_kink(capsys) -> None:
 def test_wrong_gradient_fails_with_exit_one(capsys, monkeypatch) -> None:
     require("l1_loss")
     explainer = _registry.EXPLAINERS["l1_loss"]
-    wrong = replace(explainer, reference=lambda case: ((case.arguments["input"] - case.arguments["target"]) ** 2).mean())
+    wrong = replace(
+        explainer,
+        reference=lambda case: ((case.arguments["input"] - case.arguments["target"]) ** 2).mean(),
+    )
     monkeypatch.setitem(_registry.EXPLAINERS, "l1_loss", wrong)
     code, out, _ = explain(capsys, "l1_loss", "--input", "0.5", "--target", "0.7")
     assert code == 1
@@ -749,8 +914,12 @@ def test_undetected_kink_fails_finite_differences(capsys, monkeypatch) -> None:
     """Without its kink detection the hinge at d = margin fails, which shows what the detection does."""
     require("negative_pair_loss")
     explainer = _registry.EXPLAINERS["negative_pair_loss"]
-    monkeypatch.setitem(_registry.EXPLAINERS, "negative_pair_loss", replace(explainer, kinks=lambda case: []))
-    report = json.loads(explain(capsys, "negative_pair_loss", "--input", "0,0", "--other", "1,0", "--json")[1])
+    monkeypatch.setitem(
+        _registry.EXPLAINERS, "negative_pair_loss", replace(explainer, kinks=lambda case: [])
+    )
+    report = json.loads(
+        explain(capsys, "negative_pair_loss", "--input", "0,0", "--other", "1,0", "--json")[1]
+    )
     [case] = report["cases"]
     assert case["status"] == "fail"
     assert case["failure"] == "the closed-form gradient differs from finite differences"
@@ -775,13 +944,31 @@ BAD_INPUTS = [
     (["l1_loss", "--input", "0.1,0.2", "--target", "0.3"], "expected the same shape"),
     (["l1_loss", "--input", "0.1,abc", "--target", "0.3,0.1"], "expected a number, got 'abc'"),
     (["l1_loss", "--input", "nan", "--target", "0.3"], "expected a finite number"),
-    (["cross_entropy", "--input", "1,2,3", "--target", "3"], "class index 3 is out of range for 3 classes"),
-    (["cross_entropy", "--input", "1,2,3;4,5", "--target", "0,1"], "expected rows of the same length"),
-    (["binary_cross_entropy_with_logits", "--input", "1,2", "--target", "0,2"], "expected probabilities in [0, 1]"),
-    (["cosine_embedding_loss", "--input", "1,2", "--other", "2,1", "--target", "0"], "expected 1 (similar) or -1"),
+    (
+        ["cross_entropy", "--input", "1,2,3", "--target", "3"],
+        "class index 3 is out of range for 3 classes",
+    ),
+    (
+        ["cross_entropy", "--input", "1,2,3;4,5", "--target", "0,1"],
+        "expected rows of the same length",
+    ),
+    (
+        ["binary_cross_entropy_with_logits", "--input", "1,2", "--target", "0,2"],
+        "expected probabilities in [0, 1]",
+    ),
+    (
+        ["cosine_embedding_loss", "--input", "1,2", "--other", "2,1", "--target", "0"],
+        "expected 1 (similar) or -1",
+    ),
     (["l1_loss", "--input", "0.5"], "missing required option --target"),
-    (["cosine_embedding_loss", "--input", "1,2", "--other", "2,1"], "missing required option --target"),
-    (["huber_loss", "--input", "0.5", "--target", "0.1", "--delta=-1"], "huber_loss: delta: expected a value > 0"),
+    (
+        ["cosine_embedding_loss", "--input", "1,2", "--other", "2,1"],
+        "missing required option --target",
+    ),
+    (
+        ["huber_loss", "--input", "0.5", "--target", "0.1", "--delta=-1"],
+        "huber_loss: delta: expected a value > 0",
+    ),
     (["l1_loss", "--margin", "1"], "--margin does not apply to l1_loss"),
     (["l1_loss", "--steps", "x"], "--steps: expected an integer"),
     (["l1_loss", "--lr", "0"], "--lr: expected a positive number"),
@@ -789,12 +976,20 @@ BAD_INPUTS = [
     (["l1_loss", "--reduction", "none"], "--reduction: expected one of mean, sum"),
     ([], "missing LOSS"),
     (["l1_loss", "--input"], "expected one argument"),
-    (["cross_entropy", "--input", "1,2", "--target", "-100,1"], "write a value that starts with a minus sign as"),
-    (["l1_loss", "--compare", "triplet_margin_loss"], "triplet_margin_loss takes none of these inputs"),
+    (
+        ["cross_entropy", "--input", "1,2", "--target", "-100,1"],
+        "write a value that starts with a minus sign as",
+    ),
+    (
+        ["l1_loss", "--compare", "triplet_margin_loss"],
+        "triplet_margin_loss takes none of these inputs",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("argv", "message"), BAD_INPUTS, ids=[" ".join(argv) or "no-loss" for argv, _ in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("argv", "message"), BAD_INPUTS, ids=[" ".join(argv) or "no-loss" for argv, _ in BAD_INPUTS]
+)
 def test_bad_input_is_one_line_exit_two(argv: list[str], message: str, capsys) -> None:
     for name in argv[:1]:
         if name in _registry.EXPLAINERS:
@@ -833,7 +1028,9 @@ finite_numbers = st.floats(min_value=-5, max_value=5, allow_nan=False).map(lambd
 
 
 @given(
-    name=st.sampled_from(["l1_loss", "mse_loss", "huber_loss", "cross_entropy", "negative_pair_loss"]),
+    name=st.sampled_from(
+        ["l1_loss", "mse_loss", "huber_loss", "cross_entropy", "negative_pair_loss"]
+    ),
     first=st.lists(finite_numbers, min_size=3, max_size=3),
     second=st.lists(finite_numbers, min_size=3, max_size=3),
 )
@@ -863,11 +1060,17 @@ def test_installed_script_runs() -> None:
     if script is None:
         pytest.skip("the lossgrad script is not installed next to this Python")
     result = subprocess.run(
-        [script, "explain", "l1_loss", "--json"], capture_output=True, text=True, timeout=120, check=False
+        [script, "explain", "l1_loss", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["cases"][0]["gradients"]["input"]["closed_form"] == [-1.0]
-    bad = subprocess.run([script, "explain", "l1_los"], capture_output=True, text=True, timeout=120, check=False)
+    bad = subprocess.run(
+        [script, "explain", "l1_los"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr

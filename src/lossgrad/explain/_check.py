@@ -16,7 +16,14 @@ from torch import Tensor
 
 from ._table import Case, Explainer
 
-__all__ = ["FINITE_DIFFERENCE_STEP", "KINK_RADIUS", "Check", "GradientCheck", "check", "closed_form"]
+__all__ = [
+    "FINITE_DIFFERENCE_STEP",
+    "KINK_RADIUS",
+    "Check",
+    "GradientCheck",
+    "check",
+    "closed_form",
+]
 
 # Step of the central difference. In float64 its truncation error (about
 # step² · ℓ''') and rounding error (about 1e-16 · |ℓ| / step) are both near 1e-10.
@@ -127,8 +134,13 @@ def check(explainer: Explainer, case: Case) -> Check:
 
     autograd_difference = largest_difference(closed, autograd)
     numeric_difference = largest_difference(closed, numeric)
-    scale = max([1.0, abs(float(reference_loss))] + [float(g.abs().max()) for g in autograd.values() if g.numel()])
-    finite = all(bool(torch.isfinite(g).all()) for g in closed.values()) and bool(torch.isfinite(loss))
+    scale = max(
+        [1.0, abs(float(reference_loss))]
+        + [float(g.abs().max()) for g in autograd.values() if g.numel()]
+    )
+    finite = all(bool(torch.isfinite(g).all()) for g in closed.values()) and bool(
+        torch.isfinite(loss)
+    )
     kinks = explainer.kinks(case)
 
     status, failure = "pass", None
@@ -145,7 +157,9 @@ def check(explainer: Explainer, case: Case) -> Check:
     if failure is not None:
         status = "fail"
 
-    gradients = [GradientCheck(name, closed[name], autograd[name], numeric[name]) for name in case.wrt]
+    gradients = [
+        GradientCheck(name, closed[name], autograd[name], numeric[name]) for name in case.wrt
+    ]
     return Check(
         loss=float(loss),
         reference_loss=float(reference_loss),

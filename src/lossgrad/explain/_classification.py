@@ -24,7 +24,9 @@ def log_softmax(logits: Tensor) -> Tensor:
     return shifted - shifted.exp().sum(dim=-1, keepdim=True).log()
 
 
-def class_indices(values: Values, key: str, rows: int, classes: int, ignore_index: int | None = None) -> Tensor:
+def class_indices(
+    values: Values, key: str, rows: int, classes: int, ignore_index: int | None = None
+) -> Tensor:
     """Read one class index per row, each in [0, classes) or equal to ``ignore_index``."""
     numbers = values.per_row(key, rows)
     flag = "--" + key.replace("_", "-")
@@ -34,7 +36,10 @@ def class_indices(values: Values, key: str, rows: int, classes: int, ignore_inde
         if int(number) == ignore_index:
             continue
         if not 0 <= number < classes:
-            raise UsageError(f"{flag}: class index {int(number)} is out of range for {classes} classes (0 to {classes - 1})")
+            raise UsageError(
+                f"{flag}: class index {int(number)} is out of range for {classes} classes "
+                f"(0 to {classes - 1})"
+            )
     return numbers.long()
 
 
@@ -42,7 +47,9 @@ def check_probabilities(key: str, tensor: Tensor) -> None:
     """Raise UsageError unless every entry is in [0, 1]."""
     outside = (tensor < 0) | (tensor > 1)
     if bool(outside.any()):
-        raise UsageError(f"--{key}: expected probabilities in [0, 1], got {float(tensor[outside][0]):g}")
+        raise UsageError(
+            f"--{key}: expected probabilities in [0, 1], got {float(tensor[outside][0]):g}"
+        )
 
 
 # 1. cross_entropy
@@ -144,7 +151,12 @@ def measure_target_logit(case: Case) -> float:
 
 
 TARGET_LOGIT = Sweep(
-    "logit", "logit x_y of the first row's target class", -6.0, 6.0, place_target_logit, measure=measure_target_logit
+    "logit",
+    "logit x_y of the first row's target class",
+    -6.0,
+    6.0,
+    place_target_logit,
+    measure=measure_target_logit,
 )
 
 
@@ -177,7 +189,9 @@ def build_binary(values: Values, probabilities: bool) -> Case:
         classes = prediction.shape[-1] if prediction.dim() else 1
         pos_weight = values.matrix("pos_weight").reshape(-1)
         if pos_weight.numel() not in (1, classes):
-            raise UsageError(f"--pos-weight: expected 1 or {classes} values, one per class, got {pos_weight.numel()}")
+            raise UsageError(
+                f"--pos-weight: expected 1 or {classes} values, one per class, got {pos_weight.numel()}"
+            )
         arguments["pos_weight"] = pos_weight
     return Case(arguments, ("input",), options, notes)
 
@@ -191,7 +205,8 @@ def check_open_unit_interval(prediction: Tensor) -> None:
     outside = (prediction <= KINK_RADIUS) | (prediction >= 1 - KINK_RADIUS)
     if bool(outside.any()):
         raise UsageError(
-            f"--input: expected probabilities strictly between 0 and 1, got {float(prediction[outside][0]):g}"
+            "--input: expected probabilities strictly between 0 and 1, "
+            f"got {float(prediction[outside][0]):g}"
         )
 
 
@@ -200,13 +215,17 @@ def broadcastable(key: str, tensor: Tensor, prediction: Tensor) -> Tensor:
     try:
         torch.broadcast_shapes(tensor.shape, prediction.shape)
     except RuntimeError:
-        raise UsageError(f"--{key}: expected a shape that broadcasts to the input's, got {tuple(tensor.shape)}") from None
+        raise UsageError(
+            f"--{key}: expected a shape that broadcasts to the input's, got {tuple(tensor.shape)}"
+        ) from None
     return tensor
 
 
 def format_rows(matrix: Tensor) -> str:
     """Format a matrix of small integers as (1, 0, 0); (0, 1, 0)."""
-    return "; ".join("(" + ", ".join(f"{value:g}" for value in row) + ")" for row in matrix.tolist())
+    return "; ".join(
+        "(" + ", ".join(f"{value:g}" for value in row) + ")" for row in matrix.tolist()
+    )
 
 
 def build_with_logits(values: Values) -> Case:
@@ -286,7 +305,12 @@ def measure_first_row(case: Case) -> float:
 
 
 LOGIT = Sweep(
-    "logit", "logit x of the first row's target element", -6.0, 6.0, place_first_row, measure=measure_first_row
+    "logit",
+    "logit x of the first row's target element",
+    -6.0,
+    6.0,
+    place_first_row,
+    measure=measure_first_row,
 )
 PROBABILITY = Sweep(
     "probability",
@@ -296,7 +320,6 @@ PROBABILITY = Sweep(
     place_first_row,
     measure=measure_first_row,
 )
-
 
 
 EXPLAINERS = (

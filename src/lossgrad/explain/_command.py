@@ -52,39 +52,45 @@ def reject(message: str) -> NoReturn:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``lossgrad explain`` to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.description = textwrap.dedent(
-        """\
+    parser.description = textwrap.dedent("""\
         Print a loss's formula and gradient, evaluate them on your numbers (or the
         loss's worked examples) and check lossgrad's closed-form gradient against
         autograd and finite differences. Without tensor values the worked examples
         run, with any other options applied. Tensors are numbers separated by ','
         with rows separated by ';'. Write a value that starts with a minus sign as
-        --input=-1,2."""
-    )
-    parser.epilog = textwrap.dedent(
-        """\
+        --input=-1,2.""")
+    parser.epilog = textwrap.dedent("""\
         examples:
           lossgrad explain l1_loss --steps 3 --lr 0.05
           lossgrad explain cross_entropy --input 2,1,0.1 --target 0 --compare binary_cross_entropy_with_logits
           lossgrad explain negative_pair_loss --plot hinge.png
-          lossgrad explain --list"""
-    )
+          lossgrad explain --list""")
 
     # argparse prints the whole usage before an error, but one line is easier to read in a script.
     parser.error = reject  # type: ignore[method-assign]
 
-    parser.add_argument("loss", nargs="?", metavar="LOSS", help="the loss function, such as l1_loss")
-    parser.add_argument("--list", action="store_true", help="list every loss with its one-line formula")
+    parser.add_argument(
+        "loss", nargs="?", metavar="LOSS", help="the loss function, such as l1_loss"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list every loss with its one-line formula"
+    )
     for option in OPTIONS:
         if option.is_flag:
             parser.add_argument(option.flag, action="store_true", help=option.help)
         else:
             parser.add_argument(option.flag, metavar="X", help=option.help)
 
-    parser.add_argument("--steps", metavar="K", default="0", help="run K steps of gradient descent (default 0)")
-    parser.add_argument("--lr", metavar="ETA", help="the gradient descent learning rate (default: per loss)")
+    parser.add_argument(
+        "--steps", metavar="K", default="0", help="run K steps of gradient descent (default 0)"
+    )
+    parser.add_argument(
+        "--lr", metavar="ETA", help="the gradient descent learning rate (default: per loss)"
+    )
     parser.add_argument("--compare", metavar="OTHER", help="show a second loss on the same inputs")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw the loss and its gradient to a PNG file")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="draw the loss and its gradient to a PNG file"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -167,7 +173,9 @@ def check_options_apply(values: Values, explainers: list[Explainer]) -> None:
         if not any(key in explainer.takes for explainer in explainers):
             names = " or ".join(explainer.name for explainer in explainers)
             takes = ", ".join("--" + k.replace("_", "-") for k in explainers[0].takes)
-            raise UsageError(f"--{key.replace('_', '-')} does not apply to {names} (it takes {takes})")
+            raise UsageError(
+                f"--{key.replace('_', '-')} does not apply to {names} (it takes {takes})"
+            )
 
 
 def only_taken(values: Values, explainer: Explainer) -> Values:
@@ -185,8 +193,8 @@ def build_compared(explainer: Explainer, values: Values) -> tuple[Case, Values]:
     values = only_taken(values, explainer)
     if not any(key in TENSOR_KEYS for key in values.text):
         raise UsageError(
-            f"--compare: {explainer.name} takes none of these inputs; compare losses with the same inputs, "
-            "such as cross_entropy and binary_cross_entropy_with_logits"
+            f"--compare: {explainer.name} takes none of these inputs; compare losses with the "
+            "same inputs, such as cross_entropy and binary_cross_entropy_with_logits"
         )
     filled = []
     while True:
@@ -196,7 +204,9 @@ def build_compared(explainer: Explainer, values: Values) -> tuple[Case, Values]:
             if missing.key in values.text:
                 raise
             values = fill_from_examples(explainer, values, missing)
-            filled.append(f"{flag_of(missing.key)} {values.text[missing.key]} taken from its worked examples")
+            filled.append(
+                f"{flag_of(missing.key)} {values.text[missing.key]} taken from its worked examples"
+            )
             continue
         case.notes.extend(filled)
         return case, values
@@ -204,7 +214,11 @@ def build_compared(explainer: Explainer, values: Values) -> tuple[Case, Values]:
 
 def fill_from_examples(explainer: Explainer, values: Values, missing: MissingValue) -> Values:
     """Return ``values`` with the missing value set to the first example candidate that builds."""
-    texts = [example.values[missing.key] for example in explainer.examples if missing.key in example.values]
+    texts = [
+        example.values[missing.key]
+        for example in explainer.examples
+        if missing.key in example.values
+    ]
     first_numbers = [text.split(";")[0].split(",")[0] for text in texts]
     for candidate in dict.fromkeys(texts + first_numbers):
         trial = Values({**values.text, missing.key: candidate})
@@ -216,7 +230,8 @@ def fill_from_examples(explainer: Explainer, values: Values, missing: MissingVal
             continue
         return trial
     raise UsageError(
-        f"--compare {explainer.name}: it needs {flag_of(missing.key)} for these inputs; give it on the command line"
+        f"--compare {explainer.name}: it needs {flag_of(missing.key)} for these inputs; "
+        "give it on the command line"
     )
 
 
@@ -241,7 +256,11 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
         ]
 
     # 2. Each value set checked for the loss, and for the compared loss when asked.
-    report: dict[str, Any] = {"loss": explainer.name, "formula": formula_report(explainer.name), "cases": []}
+    report: dict[str, Any] = {
+        "loss": explainer.name,
+        "formula": formula_report(explainer.name),
+        "cases": [],
+    }
     compared_cases: list[dict[str, Any]] = []
     first_cases: list[tuple[Explainer, Case]] = []
     for title, all_values, note in runs:
@@ -278,7 +297,11 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
             first_cases = [(explainer, case)]
 
     if compared is not None:
-        report["compare"] = {"loss": compared.name, "formula": formula_report(compared.name), "cases": compared_cases}
+        report["compare"] = {
+            "loss": compared.name,
+            "formula": formula_report(compared.name),
+            "cases": compared_cases,
+        }
 
     # 3. The plot of the first value set.
     report["plot"] = None
@@ -291,4 +314,3 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
     every_case = report["cases"] + compared_cases
     report["passed"] = all(case["status"] != "fail" for case in every_case)
     return report
-

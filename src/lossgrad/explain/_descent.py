@@ -23,7 +23,9 @@ class Step:
     watched: dict[str, Tensor]
 
 
-def descend(explainer: Explainer, case: Case, steps: int, learning_rate: float) -> tuple[list[Step], str | None]:
+def descend(
+    explainer: Explainer, case: Case, steps: int, learning_rate: float
+) -> tuple[list[Step], str | None]:
     """Run ``steps`` updates x ← x − η·∂ℓ/∂x on every input in ``case.wrt``.
 
     Returns ``steps + 1`` rows (the start and the state after each update)
@@ -41,6 +43,8 @@ def descend(explainer: Explainer, case: Case, steps: int, learning_rate: float) 
         table.append(Step(index, float(loss), inputs, watched))
         if index == steps:
             break
-        updated = {name: case.arguments[name] - learning_rate * gradients[name] for name in case.wrt}
+        updated = {
+            name: case.arguments[name] - learning_rate * gradients[name] for name in case.wrt
+        }
         case = case.replace(**updated)
     return table, None

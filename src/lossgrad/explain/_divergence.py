@@ -14,7 +14,6 @@ __all__ = ["EXPLAINERS", "counted_rows", "js_rows", "kd_rows", "kl_rows", "reduc
 ROW_REDUCTIONS = ("batchmean", "sum")
 
 
-
 # 1. kl_div
 
 
@@ -25,7 +24,9 @@ def build_kl_div(values: Values) -> Case:
     same_shape("input", log_q, "target", target)
     log_target = values.switch("log_target")
     if not log_target and bool((target < 0).any()):
-        raise UsageError(f"--target: expected probabilities >= 0, got {float(target[target < 0][0]):g}")
+        raise UsageError(
+            f"--target: expected probabilities >= 0, got {float(target[target < 0][0]):g}"
+        )
     options = {
         "reduction": values.choice("reduction", ("batchmean", "sum", "mean"), "batchmean"),
         "log_target": log_target,
@@ -59,7 +60,7 @@ def watch_kl_div(case: Case) -> dict[str, Tensor]:
 
 
 def place_kl_input(case: Case, t: Tensor) -> Case:
-    """Return the first row alone, with the log-probability of its most likely target class set to ``t``."""
+    """Return the first row alone, with the log-probability of its top target class set to ``t``."""
     column = int(target_probability(case)[0].argmax())
     row = case.arguments["input"][:1]
     mask = torch.zeros_like(row)
@@ -78,7 +79,9 @@ def build_distillation(values: Values, **options: object) -> Case:
     ignore_index = values.integer("ignore_index", -100)
     arguments = {"student_logits": student, "teacher_logits": teacher}
     if values.has("target"):
-        arguments["target"] = class_indices(values, "target", student.shape[0], student.shape[1], ignore_index)
+        arguments["target"] = class_indices(
+            values, "target", student.shape[0], student.shape[1], ignore_index
+        )
     options.update(
         temperature=values.number("temperature", float(options["temperature"])),
         ignore_index=ignore_index,
@@ -106,7 +109,9 @@ def counted_rows(rows: int, target: Tensor | None, ignore_index: int) -> Tensor:
 
 def reduce_rows(per_row: Tensor, case: Case) -> Tensor:
     """Sum the counted rows, divided by their number for batchmean; 0 when none counts."""
-    kept = counted_rows(per_row.shape[0], case.arguments.get("target"), int(case.options["ignore_index"]))
+    kept = counted_rows(
+        per_row.shape[0], case.arguments.get("target"), int(case.options["ignore_index"])
+    )
     total = (per_row * kept).sum()
     if case.options.get("reduction", "batchmean") == "sum":
         return total
@@ -127,7 +132,14 @@ def kl_rows(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
     return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(dim=-1)
 
 
-def kd_rows(student: Tensor, teacher: Tensor, target: Tensor | None, temperature: float, alpha: float, ignore_index: int) -> Tensor:
+def kd_rows(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor | None,
+    temperature: float,
+    alpha: float,
+    ignore_index: int,
+) -> Tensor:
     """Return α T² KL(pᵗ ‖ pˢ) + (1 − α) CE(s, y) per row, or T² KL without a target."""
     log_student = log_softmax(student / temperature)
     log_teacher = log_softmax(teacher / temperature)
@@ -252,7 +264,9 @@ EXPLAINERS = (
             -5.0,
             0.0,
             place_kl_input,
-            measure=lambda case: float(case.arguments["input"][0, int(target_probability(case)[0].argmax())]),
+            measure=lambda case: float(
+                case.arguments["input"][0, int(target_probability(case)[0].argmax())]
+            ),
         ),
     ),
     Explainer(

@@ -53,7 +53,9 @@ def distance(name: str, x1: Tensor, x2: Tensor) -> Tensor:
     return 1 - cosine(x1, x2)
 
 
-def coincident_rows(name: str, x1: Tensor, x2: Tensor, what: str, rows: list[int] | None = None) -> list[str]:
+def coincident_rows(
+    name: str, x1: Tensor, x2: Tensor, what: str, rows: list[int] | None = None
+) -> list[str]:
     """List the rows (all, or those in ``rows``) where a euclidean or p-norm distance is at x₁ = x₂."""
     if name in ("squared_euclidean", "cosine"):
         return []
@@ -145,7 +147,9 @@ def build_cosine_similarity(values: Values) -> Case:
     if values.has("score"):
         score = values.per_row("score", x1.shape[0])
         if bool(((score < -1) | (score > 1)).any()):
-            raise UsageError(f"--score: expected target cosines in [-1, 1], got {values.text['score']}")
+            raise UsageError(
+                f"--score: expected target cosines in [-1, 1], got {values.text['score']}"
+            )
         arguments["score"] = score
     options = {"eps": values.number("eps", COSINE_EPS), "reduction": read_scalar_reduction(values)}
     return Case(arguments, ("x1", "x2"), options)
@@ -176,7 +180,11 @@ def cosine_similarity_kinks(case: Case) -> list[str]:
 def watch_similarity_cosine(case: Case) -> dict[str, Tensor]:
     """Return the cosine of each pair and the norms, which the gradient leaves almost unchanged."""
     x1, x2 = case.arguments["x1"], case.arguments["x2"]
-    return {"cos(x₁, x₂)": cosine(x1, x2, float(case.options["eps"])), "‖x₁‖": norm(x1), "‖x₂‖": norm(x2)}
+    return {
+        "cos(x₁, x₂)": cosine(x1, x2, float(case.options["eps"])),
+        "‖x₁‖": norm(x1),
+        "‖x₂‖": norm(x2),
+    }
 
 
 def first_row(case: Case) -> Case:
@@ -194,7 +202,9 @@ def place_cosine(first: str, second: str) -> Callable[[Case, Tensor], Case]:
         case = first_row(case)
         x1, x2 = case.arguments[first][0], case.arguments[second][0]
         if x1.numel() < 2:
-            raise UsageError("--plot: turning one vector against another needs at least 2 dimensions")
+            raise UsageError(
+                "--plot: turning one vector against another needs at least 2 dimensions"
+            )
         along = x1 / norm(x1).clamp(min=COSINE_EPS)
         across = x2 - (x2 @ along) * along
         if float(norm(across)) <= 1e-9:
@@ -249,7 +259,11 @@ def negative_pair_kinks(case: Case) -> list[str]:
 
 def watch_pair_distance(case: Case) -> dict[str, Tensor]:
     """Return the distance of each pair."""
-    return {"distance d": distance(str(case.options["distance"]), case.arguments["x1"], case.arguments["x2"])}
+    return {
+        "distance d": distance(
+            str(case.options["distance"]), case.arguments["x1"], case.arguments["x2"]
+        )
+    }
 
 
 def build_contrastive(values: Values) -> Case:
@@ -305,7 +319,11 @@ def place_pair_distance(case: Case, t: Tensor) -> Case:
 
 def widen_pair_distance(case: Case) -> tuple[float, float]:
     """Return [0, twice the largest margin], at least [0, 2]."""
-    margins = [float(case.options[key]) for key in ("margin", "pos_margin", "neg_margin") if key in case.options]
+    margins = [
+        float(case.options[key])
+        for key in ("margin", "pos_margin", "neg_margin")
+        if key in case.options
+    ]
     return 0.0, max([2.0] + [2 * margin for margin in margins])
 
 
@@ -362,7 +380,9 @@ def triplet_distance(case: Case, x1: Tensor, x2: Tensor) -> Tensor:
 
 def triplet_parts(case: Case) -> tuple[Tensor, Tensor]:
     """Return d(a, p) and the negative distance d⁻ (the smaller one with swap)."""
-    anchor, positive, negative = (case.arguments[name] for name in ("anchor", "positive", "negative"))
+    anchor, positive, negative = (
+        case.arguments[name] for name in ("anchor", "positive", "negative")
+    )
     positive_distance = triplet_distance(case, anchor, positive)
     negative_distance = triplet_distance(case, anchor, negative)
     if case.options["swap"]:
@@ -413,7 +433,9 @@ def watch_triplet(case: Case) -> dict[str, Tensor]:
     return {
         "d(a, p)": positive_distance,
         "d⁻ = d(a, n)" if not case.options["swap"] else "d⁻": negative_distance,
-        "d(a, p) − d⁻ + margin": positive_distance - negative_distance + float(case.options["margin"]),
+        "d(a, p) − d⁻ + margin": positive_distance
+        - negative_distance
+        + float(case.options["margin"]),
     }
 
 
@@ -424,7 +446,7 @@ def widen_negative_distance(case: Case) -> tuple[float, float]:
 
 
 def place_negative_distance(case: Case, t: Tensor) -> Case:
-    """Return the first triplet alone, with the negative moved along its line from the anchor to distance t."""
+    """Return the first triplet alone, with the negative moved from the anchor to distance t."""
     case = first_row(case)
     anchor, negative = case.arguments["anchor"][0], case.arguments["negative"][0]
     direction = negative - anchor
@@ -447,13 +469,18 @@ EXPLAINERS = (
             Example(
                 PULL_EXAMPLE,
                 "1 − cos has the gradient of −cos, and ∂cos/∂x₁ = x₂/(‖x₁‖‖x₂‖) − cos·x₁/‖x₁‖²: "
-                "the part of x₂'s direction orthogonal to x₁, divided by ‖x₁‖. Because it is orthogonal to x₁, descent "
-                "turns each vector towards the other and leaves the norms almost unchanged; the "
-                "cosine rises towards 1 (try --steps 5).",
+                "the part of x₂'s direction orthogonal to x₁, divided by ‖x₁‖. Because it is "
+                "orthogonal to x₁, descent turns each vector towards the other and leaves the "
+                "norms almost unchanged; the cosine rises towards 1 (try --steps 5).",
             ),
         ),
         sweep=Sweep(
-            "cosine", "cosine of the first pair", -0.99, 0.99, place_cosine("x1", "x2"), measure=measure_cosine("x1", "x2")
+            "cosine",
+            "cosine of the first pair",
+            -0.99,
+            0.99,
+            place_cosine("x1", "x2"),
+            measure=measure_cosine("x1", "x2"),
         ),
         learning_rate=0.1,
     ),
@@ -515,14 +542,27 @@ EXPLAINERS = (
     ),
     Explainer(
         name="contrastive_loss",
-        takes=("input", "other", "target", "pos_margin", "neg_margin", "distance", "squared", "reduction"),
+        takes=(
+            "input",
+            "other",
+            "target",
+            "pos_margin",
+            "neg_margin",
+            "distance",
+            "squared",
+            "reduction",
+        ),
         build=build_contrastive,
         reference=contrastive_reference,
         watch=watch_pair_distance,
         kinks=contrastive_kinks,
         examples=(
             Example(
-                {"input": "0.1,0.2,0.3;0.1,0.2,0.3", "other": "0.4,0.2,0.5;0.2,0.1,0.3", "target": "1,0"},
+                {
+                    "input": "0.1,0.2,0.3;0.1,0.2,0.3",
+                    "other": "0.4,0.2,0.5;0.2,0.1,0.3",
+                    "target": "1,0",
+                },
                 "Row 0 is a similar pair (y = 1): it is pulled together by a unit gradient until d "
                 "reaches pos_margin. Row 1 is a dissimilar pair (y = 0) closer than neg_margin: it "
                 "is pushed apart until d reaches neg_margin, where its hinge goes silent.",

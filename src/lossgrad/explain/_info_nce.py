@@ -26,7 +26,8 @@ def build_info_nce(values: Values) -> Case:
         negatives = values.matrix("negative")
         if negatives.shape[1] != query.shape[1]:
             raise UsageError(
-                f"--negative: expected rows of {query.shape[1]} values like --input, got rows of {negatives.shape[1]}"
+                f"--negative: expected rows of {query.shape[1]} values like --input, "
+                f"got rows of {negatives.shape[1]}"
             )
         arguments["hard_negatives"] = negatives
     options = {
@@ -60,7 +61,9 @@ def info_nce_reference(case: Case) -> Tensor:
     rows = scores.shape[0]
     per_row = -log_softmax(scores).diagonal()[:rows]
     if case.options["symmetric"]:
-        key_to_query = prepared(case, "key") @ prepared(case, "query").T / float(case.options["temperature"])
+        key_to_query = (
+            prepared(case, "key") @ prepared(case, "query").T / float(case.options["temperature"])
+        )
         per_row = 0.5 * (per_row - log_softmax(key_to_query).diagonal())
     return reduce(per_row, case.options["reduction"])
 
@@ -91,7 +94,6 @@ def place_key_cosine(case: Case, t: Tensor) -> Case:
     return case.replace(key=key * (1 - mask) + mask * turned)
 
 
-
 EXPLAINERS = (
     Explainer(
         name="info_nce",
@@ -116,7 +118,9 @@ EXPLAINERS = (
             -0.99,
             0.99,
             place_key_cosine,
-            measure=lambda case: float(cosine(case.arguments["query"][:1], case.arguments["key"][:1])[0]),
+            measure=lambda case: float(
+                cosine(case.arguments["query"][:1], case.arguments["key"][:1])[0]
+            ),
         ),
         learning_rate=0.1,
     ),

@@ -27,7 +27,6 @@ def read_head(values: Values, input_key: str, weight_key: str) -> tuple[Tensor, 
     return hidden, weight
 
 
-
 # 1. linear_cross_entropy
 
 
@@ -41,7 +40,9 @@ def build_linear_cross_entropy(values: Values) -> Case:
     if values.has("weight"):
         class_weight = values.matrix("weight").reshape(-1)
         if class_weight.numel() != classes:
-            raise UsageError(f"--weight: expected {classes} class weights, got {class_weight.numel()}")
+            raise UsageError(
+                f"--weight: expected {classes} class weights, got {class_weight.numel()}"
+            )
         arguments["weight"] = class_weight
     options: dict[str, object] = {
         "reduction": values.choice("reduction", ("mean", "sum"), "mean"),
@@ -79,7 +80,10 @@ def linear_cross_entropy_reference(case: Case) -> Tensor:
     log_p = log_softmax(logits)
     lse = logits - log_p  # every column contains the row's log-sum-exp
     target_weight = class_weight[safe_target]
-    per_row = -(class_weight * q * log_p).sum(dim=1) + float(case.options["z_loss"]) * target_weight * lse[:, 0] ** 2
+    per_row = (
+        -(class_weight * q * log_p).sum(dim=1)
+        + float(case.options["z_loss"]) * target_weight * lse[:, 0] ** 2
+    )
     per_row = per_row * kept.double()
     if case.options["reduction"] == "sum":
         return per_row.sum()
@@ -108,7 +112,9 @@ def place_head_logit(
         x = hidden[0]
         squared_norm = float((x * x).sum())
         if squared_norm == 0:
-            raise UsageError("--plot: the first row of the hidden states is 0, so no logit can be moved")
+            raise UsageError(
+                "--plot: the first row of the hidden states is 0, so no logit can be moved"
+            )
         j = column(case)
         mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
         mask[j] = 1.0
@@ -122,9 +128,13 @@ def place_head_logit(
     return place
 
 
-def measure_head_logit(input_key: str, weight_key: str, column: Callable[[Case], int]) -> Callable[[Case], float]:
+def measure_head_logit(
+    input_key: str, weight_key: str, column: Callable[[Case], int]
+) -> Callable[[Case], float]:
     """Return a function that gives the first row's logit x·W_j of the swept class j."""
-    return lambda case: float(case.arguments[input_key][0] @ case.arguments[weight_key][column(case)])
+    return lambda case: float(
+        case.arguments[input_key][0] @ case.arguments[weight_key][column(case)]
+    )
 
 
 def first_target(case: Case) -> int:
@@ -141,7 +151,9 @@ def build_linear_kd(values: Values) -> Case:
     student, student_weight = read_head(values, "input", "linear_weight")
     teacher, teacher_weight = read_head(values, "other", "teacher_weight")
     if teacher.shape[0] != student.shape[0]:
-        raise UsageError(f"--other: expected {student.shape[0]} rows like --input, got {teacher.shape[0]}")
+        raise UsageError(
+            f"--other: expected {student.shape[0]} rows like --input, got {teacher.shape[0]}"
+        )
     if teacher_weight.shape[0] != student_weight.shape[0]:
         raise UsageError(
             f"--teacher-weight: expected {student_weight.shape[0]} rows (classes) like --linear-weight, "
@@ -155,7 +167,9 @@ def build_linear_kd(values: Values) -> Case:
         "teacher_weight": teacher_weight,
     }
     if values.has("target"):
-        arguments["target"] = class_indices(values, "target", student.shape[0], student_weight.shape[0], ignore_index)
+        arguments["target"] = class_indices(
+            values, "target", student.shape[0], student_weight.shape[0], ignore_index
+        )
     options: dict[str, object] = {
         "divergence": values.choice("divergence", ("kl", "js"), "kl"),
         "temperature": values.number("temperature", 1.0),
@@ -195,7 +209,10 @@ def watch_linear_kd(case: Case) -> dict[str, Tensor]:
     """Return the student's and the teacher's distributions at temperature T."""
     student, teacher = student_teacher_logits(case)
     temperature = float(case.options["temperature"])
-    return {"pˢ = softmax(s/T)": softmax(student / temperature), "pᵗ = softmax(t/T)": softmax(teacher / temperature)}
+    return {
+        "pˢ = softmax(s/T)": softmax(student / temperature),
+        "pᵗ = softmax(t/T)": softmax(teacher / temperature),
+    }
 
 
 def teacher_top_class(case: Case) -> int:
@@ -207,7 +224,17 @@ def teacher_top_class(case: Case) -> int:
 EXPLAINERS = (
     Explainer(
         name="linear_cross_entropy",
-        takes=("input", "linear_weight", "target", "weight", "label_smoothing", "ignore_index", "z_loss", "softcap", "reduction"),
+        takes=(
+            "input",
+            "linear_weight",
+            "target",
+            "weight",
+            "label_smoothing",
+            "ignore_index",
+            "z_loss",
+            "softcap",
+            "reduction",
+        ),
         build=build_linear_cross_entropy,
         reference=linear_cross_entropy_reference,
         watch=watch_head,
@@ -232,7 +259,18 @@ EXPLAINERS = (
     ),
     Explainer(
         name="linear_kd_loss",
-        takes=("input", "linear_weight", "other", "teacher_weight", "target", "divergence", "temperature", "alpha", "beta", "ignore_index"),
+        takes=(
+            "input",
+            "linear_weight",
+            "other",
+            "teacher_weight",
+            "target",
+            "divergence",
+            "temperature",
+            "alpha",
+            "beta",
+            "ignore_index",
+        ),
         build=build_linear_kd,
         reference=linear_kd_reference,
         watch=watch_linear_kd,
@@ -256,7 +294,9 @@ EXPLAINERS = (
             "student logit of the teacher's top class (first row)",
             -6.0,
             6.0,
-            place_head_logit("student_input", "student_weight", teacher_top_class, ("teacher_input", "target")),
+            place_head_logit(
+                "student_input", "student_weight", teacher_top_class, ("teacher_input", "target")
+            ),
             measure=measure_head_logit("student_input", "student_weight", teacher_top_class),
         ),
         learning_rate=0.5,

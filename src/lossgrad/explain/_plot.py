@@ -57,7 +57,11 @@ def plot(path: Path, curves: list[tuple[Explainer, Case]]) -> None:
                 axes.axvline(now, color=line.get_color(), linestyle=":", linewidth=1)
     label = curves[0][0].sweep.label
     loss_axes.set(xlabel=label, ylabel="loss ℓ", title="loss")
-    gradient_axes.set(xlabel=label, ylabel=f"dℓ/d({curves[0][0].sweep.axis})", title="gradient (lossgrad backward)")
+    gradient_axes.set(
+        xlabel=label,
+        ylabel=f"dℓ/d({curves[0][0].sweep.axis})",
+        title="gradient (lossgrad backward)",
+    )
     for axes in (loss_axes, gradient_axes):
         axes.axhline(0.0, color="grey", linewidth=0.5)
         axes.grid(alpha=0.3)

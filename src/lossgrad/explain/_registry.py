@@ -25,7 +25,9 @@ EXPLAINERS: dict[str, Explainer] = {
 
 def available() -> dict[str, Explainer]:
     """Return the rows whose loss is in ``lossgrad.__all__`` now, in table order."""
-    return {name: explainer for name, explainer in EXPLAINERS.items() if explainer.function is not None}
+    return {
+        name: explainer for name, explainer in EXPLAINERS.items() if explainer.function is not None
+    }
 
 
 def lookup(name: str, flag: str = "LOSS") -> Explainer:

@@ -73,9 +73,9 @@ def huber_reference(case: Case) -> Tensor:
     """Return Huber's loss: r²/2 inside |r| ≤ δ, δ(|r| − δ/2) outside."""
     r = residual(case)
     delta = float(case.options["delta"])
-    per_element = (r.abs() <= delta).double() * 0.5 * r**2 + (r.abs() > delta).double() * delta * (
-        r.abs() - 0.5 * delta
-    )
+    per_element = (r.abs() <= delta).double() * 0.5 * r**2 + (
+        r.abs() > delta
+    ).double() * delta * (r.abs() - 0.5 * delta)
     return reduce_weighted(per_element, case, weight_sum_mean=False)
 
 
@@ -112,7 +112,6 @@ def smooth_l1_kinks(case: Case) -> list[str]:
     return zero_residual_kinks(case) if float(case.options["beta"]) == 0 else []
 
 
-
 def place_residual(case: Case, t: Tensor) -> Case:
     """Return the first element alone, with its residual set to ``t``."""
     target = case.arguments["target"].reshape(-1)[:1]
@@ -127,7 +126,9 @@ def measure_residual(case: Case) -> float:
     return float(residual(case).reshape(-1)[0])
 
 
-RESIDUAL = Sweep("residual", "residual r = x − y", -2.0, 2.0, place_residual, measure=measure_residual)
+RESIDUAL = Sweep(
+    "residual", "residual r = x − y", -2.0, 2.0, place_residual, measure=measure_residual
+)
 
 
 def residual_sweep(option: str) -> Sweep:
@@ -137,7 +138,10 @@ def residual_sweep(option: str) -> Sweep:
         half_width = max(2.0, 3 * float(case.options[option]))
         return -half_width, half_width
 
-    return Sweep("residual", "residual r = x − y", -2.0, 2.0, place_residual, widen, measure_residual)
+    return Sweep(
+        "residual", "residual r = x − y", -2.0, 2.0, place_residual, widen, measure_residual
+    )
+
 
 EXPLAINERS = (
     Explainer(

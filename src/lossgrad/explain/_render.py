@@ -51,12 +51,18 @@ def case_lines(case: dict[str, Any]) -> list[str]:
     lines = [labelled(name, format_value(value)) for name, value in case["inputs"].items()]
     lines += [labelled(name, format_value(value)) for name, value in case["options"].items()]
     lines += [f"  read as: {note}" for note in case["read_as"]]
-    lines += [labelled("loss", f"{case['loss']:.10g}   (reference formula: {case['reference_loss']:.10g})")]
+    lines += [
+        labelled(
+            "loss", f"{case['loss']:.10g}   (reference formula: {case['reference_loss']:.10g})"
+        )
+    ]
     for name, gradient in case["gradients"].items():
         lines += [f"  ∂ℓ/∂{name}"]
         lines += [labelled("closed form", format_value(gradient["closed_form"]), "    ")]
         lines += [labelled("autograd", format_value(gradient["autograd"]), "    ")]
-        lines += [labelled("finite difference", format_value(gradient["finite_difference"]), "    ")]
+        lines += [
+            labelled("finite difference", format_value(gradient["finite_difference"]), "    ")
+        ]
     difference = case["largest_difference"]
     lines += [
         labelled(
@@ -77,7 +83,9 @@ def check_lines(case: dict[str, Any]) -> list[str]:
         return [labelled("check", "PASS: closed form = autograd = finite differences")]
     if status == "fail":
         return [labelled("check", f"FAIL: {case['failure']}")]
-    lines = [labelled("check", "PASS AT A KINK: the closed form matches autograd; finite differences")]
+    lines = [
+        labelled("check", "PASS AT A KINK: the closed form matches autograd; finite differences")
+    ]
     lines += [labelled("", "straddle the kink here, so they are not required to agree")]
     lines += [labelled("kink", kink) for kink in case["kinks"]]
     if case["subgradient"]:
@@ -103,7 +111,9 @@ def steps_lines(case: dict[str, Any]) -> list[str]:
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     lines = [f"  gradient descent, learning rate {case['learning_rate']:g}:"]
     for row in [header, *rows]:
-        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        lines.append(
+            "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+        )
     if case["steps_stopped"]:
         lines.append(f"  {case['steps_stopped']}")
     return lines

@@ -106,7 +106,12 @@ def case_report(
         table, stopped = descend(explainer, case, steps, learning_rate)
         report["learning_rate"] = learning_rate
         report["steps"] = [
-            {"step": step.index, "loss": step.loss, "inputs": plain(step.inputs), "watch": plain(step.watched)}
+            {
+                "step": step.index,
+                "loss": step.loss,
+                "inputs": plain(step.inputs),
+                "watch": plain(step.watched),
+            }
             for step in table
         ]
         report["steps_stopped"] = stopped

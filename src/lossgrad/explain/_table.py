@@ -18,7 +18,16 @@ import lossgrad
 
 from ._values import UsageError, Values
 
-__all__ = ["Case", "Example", "Explainer", "Sweep", "describe_shape", "no_kinks", "reduce", "same_shape"]
+__all__ = [
+    "Case",
+    "Example",
+    "Explainer",
+    "Sweep",
+    "describe_shape",
+    "no_kinks",
+    "reduce",
+    "same_shape",
+]
 
 
 @dataclass
@@ -132,7 +141,6 @@ class Explainer:
             raise UsageError(f"{self.name}: {error}") from error
 
 
-
 def reduce(per_item: Tensor, reduction: object, rows: int | None = None) -> Tensor:
     """Combine per-element (or per-row) losses as ``reduction`` specifies.
 
@@ -166,4 +174,3 @@ def describe_shape(tensor: Tensor) -> str:
     if tensor.dim() < 2:
         return f"{tensor.numel()} value(s)"
     return f"{tensor.shape[0]} rows of {tensor.shape[1]}"
-

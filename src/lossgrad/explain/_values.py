@@ -58,8 +58,14 @@ class Option:
 TENSOR_HELP = "numbers separated by ',' and rows by ';'"
 
 OPTIONS: tuple[Option, ...] = (
-    Option("input", f"the first input: prediction, logits, embedding x1, query or hidden states ({TENSOR_HELP})"),
-    Option("other", f"the second input: embedding x2, key, teacher logits or teacher hidden states ({TENSOR_HELP})"),
+    Option(
+        "input",
+        f"the first input: prediction, logits, embedding x1, query or hidden states ({TENSOR_HELP})",
+    ),
+    Option(
+        "other",
+        f"the second input: embedding x2, key, teacher logits or teacher hidden states ({TENSOR_HELP})",
+    ),
     Option(
         "target",
         "the target: values (regression), one class index per row or one probability row "
@@ -67,18 +73,32 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("anchor", f"the anchor embedding of a triplet ({TENSOR_HELP})"),
     Option("positive", f"the positive embedding of a triplet ({TENSOR_HELP})"),
-    Option("negative", f"the negative of a triplet, or info_nce's shared hard negatives ({TENSOR_HELP})"),
-    Option("linear_weight", f"the weight W (V x H) of a linear head, the student's for linear_kd_loss ({TENSOR_HELP})"),
-    Option("teacher_weight", f"the teacher's head weight (V x H_t) of linear_kd_loss ({TENSOR_HELP})"),
+    Option(
+        "negative",
+        f"the negative of a triplet, or info_nce's shared hard negatives ({TENSOR_HELP})",
+    ),
+    Option(
+        "linear_weight",
+        f"the weight W (V x H) of a linear head, the student's for linear_kd_loss ({TENSOR_HELP})",
+    ),
+    Option(
+        "teacher_weight", f"the teacher's head weight (V x H_t) of linear_kd_loss ({TENSOR_HELP})"
+    ),
     Option("score", "the target cosine similarity per row (cosine_similarity_loss)"),
-    Option("weight", "a weight per class (cross_entropy, linear_cross_entropy) or per element (others)"),
+    Option(
+        "weight", "a weight per class (cross_entropy, linear_cross_entropy) or per element (others)"
+    ),
     Option("pos_weight", "the weight of positive examples per class (BCE with logits)"),
     Option("margin", "the margin of a hinge (a distance or a cosine)"),
     Option("pos_margin", "the distance below which a similar pair costs nothing"),
     Option("neg_margin", "the distance beyond which a dissimilar pair costs nothing"),
     Option("temperature", "the softmax temperature T (distillation and divergences)"),
     Option("alpha", "the weight α of the soft (teacher) term in kd_loss and linear_kd_loss"),
-    Option("beta", "smooth_l1_loss: width of the quadratic zone; js_div and linear_kd_loss: the teacher's mixture weight"),
+    Option(
+        "beta",
+        "smooth_l1_loss: width of the quadratic zone; "
+        "js_div and linear_kd_loss: the teacher's mixture weight",
+    ),
     Option("delta", "the residual size where Huber turns from quadratic to linear"),
     Option("label_smoothing", "the probability mass spread evenly over all classes"),
     Option("ignore_index", "a target class index whose rows are left out"),

@@ -167,8 +167,9 @@ def build_binary(values: Values, probabilities: bool) -> Case:
     """Read the input and a target of its shape, or one class index per row as one-hot rows."""
     prediction = values.array("input")
     notes = []
-    target_text = values.array("target")
-    if target_text.shape != prediction.shape:
+    target = values.array("target")
+    if target.shape != prediction.shape:
+        # One class index per row: the one-hot rows that cross_entropy would use.
         matrix = prediction if prediction.dim() == 2 else prediction.unsqueeze(0)
         rows, classes = matrix.shape
         indices = class_indices(values, "target", rows, classes)
@@ -176,11 +177,10 @@ def build_binary(values: Values, probabilities: bool) -> Case:
         one_hot[torch.arange(rows), indices] = 1.0
         target = one_hot.reshape(prediction.shape)
         notes.append(f"--target {values.text['target']} as the one-hot rows {format_rows(one_hot)}")
-    else:
-        target = target_text
     check_probabilities("target", target)
     if probabilities:
         check_open_unit_interval(prediction)
+
     arguments = {"input": prediction, "target": target}
     if values.has("weight"):
         arguments["weight"] = broadcastable("weight", values.array("weight"), prediction)

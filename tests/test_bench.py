@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import lossgrad.bench as bench
 from lossgrad import cli
@@ -36,10 +37,17 @@ def check_record(record: dict) -> None:
     assert variants["eager"]["value_rel_diff"] < 1e-4, record["loss"]
 
 
-def test_cli_writes_json_and_markdown(tmp_path):
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cli_writes_json_and_markdown(tmp_path, restore_threads):
     out = tmp_path / "bench"
     argv = ["bench", "--losses", "cross_entropy", "mse_loss", "--sizes", *TINY,
-            "--repeats", "2", "--out", str(out), "--no-memory", "--no-compile"]
+            "--repeats", "2", "--threads", "1", "--out", str(out), "--no-memory", "--no-compile"]
     assert cli.main(argv) == 0
 
     results = load_results(out)
@@ -48,6 +56,7 @@ def test_cli_writes_json_and_markdown(tmp_path):
     assert results["machine"]["cores"] >= 1
     assert results["machine"]["torch"]
     assert results["machine"]["cpu"]
+    assert results["machine"]["torch_threads"] == 1
     for record in results["cases"]:
         check_record(record)
     cross_entropy = results["cases"][0]
@@ -58,7 +67,7 @@ def test_cli_writes_json_and_markdown(tmp_path):
     assert markdown.startswith("# lossgrad bench results")
     assert "| loss | size | variant | median ms |" in markdown
     assert "| cross_entropy | N=16 V=50 | lossgrad |" in markdown
-    assert "--repeats 2" in markdown
+    assert "--repeats 2 --threads 1" in markdown
     assert "## Targets" in markdown
 
 

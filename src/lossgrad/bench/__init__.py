@@ -72,6 +72,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="input dtype")
     parser.add_argument("--device", choices=("cpu",), default="cpu", help="device (CPU only)")
     parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch intra-op threads for every variant and memory process "
+        "(default: torch's default, the number of cores)",
+    )
+    parser.add_argument(
         "--repeats", type=int, default=5, help="timed runs per variant after one warm-up (default 5)"
     )
     parser.add_argument(
@@ -99,6 +104,7 @@ def run(
     memory: bool = True,
     compile: bool = True,
     sweep: bool = False,
+    threads: int | None = None,
     command: str = "lossgrad.bench.run(...)",
 ) -> dict:
     """Run the benchmark from Python and return the results that ``results.json`` holds.
@@ -112,6 +118,8 @@ def run(
 
     if repeats < 1:
         raise ValueError(f"repeats: expected an integer >= 1, got {repeats}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads: expected an integer >= 1, got {threads}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     config = BenchConfig(
@@ -123,6 +131,7 @@ def run(
         memory=memory,
         compile=compile,
         sweep=sweep,
+        threads=threads,
         command=command,
     )
     return run_benchmark(config)
@@ -136,6 +145,8 @@ def command_line(args: argparse.Namespace) -> list[str]:
     if args.sizes:
         words += ["--sizes", *args.sizes]
     words += ["--dtype", args.dtype, "--device", args.device, "--repeats", str(args.repeats)]
+    if args.threads is not None:
+        words += ["--threads", str(args.threads)]
     words += ["--out", str(args.out)]
     for flag in ("no_memory", "no_compile", "sweep"):
         if getattr(args, flag):
@@ -149,6 +160,8 @@ def main(args: argparse.Namespace) -> int:
         sizes = parse_sizes(args.sizes)
         if args.repeats < 1:
             raise ValueError(f"--repeats: expected an integer >= 1, got {args.repeats}")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
         command = shlex.join(command_line(args))
         run(
             args.losses,
@@ -159,6 +172,7 @@ def main(args: argparse.Namespace) -> int:
             memory=not args.no_memory,
             compile=not args.no_compile,
             sweep=args.sweep,
+            threads=args.threads,
             command=command,
         )
     except ValueError as error:

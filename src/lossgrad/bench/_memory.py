@@ -86,7 +86,7 @@ def run_in_this_process(case_name: str, label: str, sizes: dict[str, int], dtype
 
 
 def measure_memory(case_name: str, label: str, sizes: dict[str, int], dtype: torch.dtype,
-                   timeout_s: float = 1800) -> dict:
+                   threads: int | None = None, timeout_s: float = 1800) -> dict:
     """Measure one variant in a fresh Python process; return its byte counts."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     command = [
@@ -96,6 +96,8 @@ def measure_memory(case_name: str, label: str, sizes: dict[str, int], dtype: tor
         "--sizes", json.dumps(sizes),
         "--dtype", str(dtype).removeprefix("torch."),
     ]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     completed = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=timeout_s, check=False
     )
@@ -113,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", required=True, help="variant label, such as 'eager'")
     parser.add_argument("--sizes", required=True, help="the family's sizes as JSON")
     parser.add_argument("--dtype", default="float32", help="dtype of the inputs")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     print(json.dumps(run_in_this_process(args.case, args.variant, json.loads(args.sizes), dtype)))
     return 0

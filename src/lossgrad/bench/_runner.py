@@ -35,6 +35,7 @@ class BenchConfig:
     memory: bool = True
     compile: bool = True
     sweep: bool = False
+    threads: int | None = None
     command: str = ""
 
 
@@ -89,7 +90,7 @@ def _time_case(case: Case, sizes: dict[str, int], config: BenchConfig, memory: b
         if variant.compiled:
             entry["compile_s"] = max(timing.first_run_s - timing.median_ms / 1e3, 0.0)
         if memory and variant.is_loss:
-            counts = measure_memory(case.name, variant.label, sizes, config.dtype)
+            counts = measure_memory(case.name, variant.label, sizes, config.dtype, config.threads)
             entry.update(counts)
             entry["extra_peak_ratio"] = counts["extra_peak_bytes"] / inputs.reference_bytes
         record["variants"][variant.label] = entry
@@ -143,6 +144,8 @@ def run_benchmark(config: BenchConfig) -> dict:
         raise ValueError(f"--device: expected 'cpu', got {config.device!r}")
     cases = select_cases(config.losses)
     sizes = resolve_sizes(config.sizes)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     load_before = os.getloadavg()
     results = {
         "machine": machine_info(),

@@ -199,8 +199,6 @@ def test_func_grad_matches_autograd(name):
 # Losses whose forward or backward does not run under vmap yet, with the reason.
 VMAP_FAILS = {
     "binary_cross_entropy_with_logits": "an in-place op on an unbatched tensor in backward",
-    "linear_cross_entropy": "torch.mm(out=...) has no batching rule",
-    "linear_kd_loss": "torch.mm(out=...) has no batching rule",
 }
 
 

@@ -155,3 +155,25 @@ def test_targets_report_shortfall():
 def test_every_case_has_a_known_family():
     for case in CASES:
         assert case.family in bench._cases.DEFAULT_SIZES, case.name
+
+
+def test_failing_variant_is_reported(tmp_path, monkeypatch):
+    from lossgrad.bench import _runner
+    from lossgrad.bench._variants import Variant
+
+    def broken_prepare(inputs):
+        raise RuntimeError("out of memory")
+
+    original = _runner.variants_for
+
+    def with_broken(case, *, compile):
+        return [*original(case, compile=compile), Variant("broken", "always fails", broken_prepare)]
+
+    monkeypatch.setattr(_runner, "variants_for", with_broken)
+    results = bench.run(["mse_loss"], sizes=TINY_SIZES, repeats=2, out=tmp_path,
+                        memory=False, compile=False)
+    (record,) = results["cases"]
+    assert record["errors"] == {"broken": "RuntimeError: out of memory"}
+    assert "lossgrad" in record["variants"]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "- mse_loss broken: RuntimeError: out of memory" in markdown

@@ -190,6 +190,14 @@ def markdown(results: dict) -> str:
                 verdict = f"**missed** by a factor {row['missed_by_factor']:.2f}"
             lines.append(f"| {row['loss']} | {row['variant']} | {row['target']} "
                          f"| {row['measured']:.3g} | {verdict} |")
+    errors = [
+        (record["loss"], label, message)
+        for record in results["cases"]
+        for label, message in record.get("errors", {}).items()
+    ]
+    if errors:
+        lines += ["", "## Failed variants", ""]
+        lines += [f"- {loss} {label}: {message}" for loss, label, message in errors]
     mismatched = [
         (record["loss"], label, entry["value_rel_diff"])
         for record in results["cases"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,18 +84,29 @@ def _time_case(case: Case, sizes: dict[str, int], config: BenchConfig, memory: b
         "shape": inputs.shape,
         "reference_bytes": inputs.reference_bytes,
         "variants": {},
+        "errors": {},
     }
     for variant in variants_for(case, compile=config.compile):
-        timing = time_variant(variant, inputs, config.repeats)
+        try:
+            timing = time_variant(variant, inputs, config.repeats)
+        except Exception as error:  # noqa: BLE001 - one failing variant must not end the run
+            log.error("%s %s %s: failed: %s", case.name, inputs.shape, variant.label, error)
+            record["errors"][variant.label] = f"{type(error).__name__}: {error}"
+            continue
         entry = {"description": variant.description, **timing.summary()}
         if variant.compiled:
             entry["compile_s"] = max(timing.first_run_s - timing.median_ms / 1e3, 0.0)
-        if memory and variant.is_loss:
-            counts = measure_memory(case.name, variant.label, sizes, config.dtype, config.threads)
-            entry.update(counts)
-            entry["extra_peak_ratio"] = counts["extra_peak_bytes"] / inputs.reference_bytes
         record["variants"][variant.label] = entry
         log.info("%s %s %s: median %.3f ms", case.name, inputs.shape, variant.label, timing.median_ms)
+        if memory and variant.is_loss:
+            try:
+                counts = measure_memory(case.name, variant.label, sizes, config.dtype, config.threads)
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as error:
+                log.error("%s %s %s: memory: %s", case.name, inputs.shape, variant.label, error)
+                record["errors"][f"{variant.label} memory"] = str(error)
+                continue
+            entry.update(counts)
+            entry["extra_peak_ratio"] = counts["extra_peak_bytes"] / inputs.reference_bytes
     _add_ratios(record)
     return record
 
@@ -160,6 +172,8 @@ def run_benchmark(config: BenchConfig) -> dict:
     for case in cases:
         log.info("benchmarking %s", case.name)
         results["cases"].append(_time_case(case, sizes[case.family], config, config.memory))
+        # Written after each case, so that an interrupted run keeps what it measured.
+        write_reports(results, Path(config.out))
     if config.sweep:
         swept = [case for case in cases if case.family == "softmax"]
         if not swept:

@@ -1074,3 +1074,12 @@ def test_installed_script_runs() -> None:
     )
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
+
+    # A reader that has gone before the output is written (as after `| head`).
+    closed = subprocess.Popen(
+        [script, "explain", "l1_loss"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    closed.stdout.close()
+    assert closed.wait(timeout=120) == 141
+    assert b"Traceback" not in closed.stderr.read()
+    closed.stderr.close()

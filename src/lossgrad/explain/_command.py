@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 import warnings
@@ -38,6 +39,8 @@ MAX_STEPS = 1000
 
 EXIT_FAILED_CHECK = 1
 EXIT_USAGE = 2
+# The shell's status for a process ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 
 def reject(message: str) -> NoReturn:
@@ -109,11 +112,26 @@ def main(args: argparse.Namespace) -> int:
     report["warnings"] = list(dict.fromkeys(str(warning.message) for warning in caught))
     for message in report["warnings"]:
         print(f"lossgrad explain: warning: {message}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-    else:
-        sys.stdout.write(render_report(report))
+    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n" if args.json else render_report(report)
+    if not write_stdout(text):
+        return EXIT_BROKEN_PIPE
     return 0 if report["passed"] else EXIT_FAILED_CHECK
+
+
+def write_stdout(text: str) -> bool:
+    """Write ``text`` to stdout; return False when the reader has gone (``| head``).
+
+    Standard output is then pointed at /dev/null so that the interpreter's
+    final flush does not raise BrokenPipeError again.
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return False
+    return True
 
 
 def list_losses(args: argparse.Namespace) -> int:
@@ -123,11 +141,8 @@ def list_losses(args: argparse.Namespace) -> int:
         formula = formula_report(name)
         summary = formula["summary"] if formula else "(no formula registered)"
         entries.append({"loss": name, "summary": summary})
-    if args.json:
-        print(json.dumps(entries, indent=2, ensure_ascii=False))
-    else:
-        sys.stdout.write(render_list(entries))
-    return 0
+    text = json.dumps(entries, indent=2, ensure_ascii=False) + "\n" if args.json else render_list(entries)
+    return 0 if write_stdout(text) else EXIT_BROKEN_PIPE
 
 
 def user_values(args: argparse.Namespace) -> Values:

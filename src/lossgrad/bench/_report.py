@@ -150,10 +150,12 @@ def _variant_rows(record: dict) -> list[str]:
     return rows
 
 
-def markdown(results: dict) -> str:
-    """Return the results as a Markdown page: machine, table, targets, sweep."""
+def _header(results: dict) -> list[str]:
+    """Return the title, the machine and the legend of the table."""
     machine = results["machine"]
-    lines = [
+    before = ", ".join(f"{x:.2f}" for x in results["load_average_before"])
+    after = ", ".join(f"{x:.2f}" for x in results.get("load_average_after", ()))
+    return [
         "# lossgrad bench results",
         "",
         f"- Command: `{results['command']}`",
@@ -162,16 +164,19 @@ def markdown(results: dict) -> str:
         f"- Software: torch {machine['torch']}, Python {machine['python']}",
         f"- Date: {machine['date_utc']}; dtype {results['dtype']}, device {results['device']}, "
         f"{results['repeats']} timed runs per variant after one warm-up",
-        "- Load average (1, 5, 15 min) before: "
-        + ", ".join(f"{x:.2f}" for x in results["load_average_before"])
-        + "; after: "
-        + ", ".join(f"{x:.2f}" for x in results.get("load_average_after", ())),
+        f"- Load average (1, 5, 15 min) before: {before}; after: {after}",
         "",
         "Times are the median of forward + backward in milliseconds, with the interquartile "
-        "range (min–max below 4 runs). × floor is the median over the floor's median; "
+        "range (min–max below 4 runs). × floor is the median over the floor's median. "
         "vs eager and vs compile are the peer's median over this variant's (above 1 is "
         "faster). Extra peak is the peak resident memory beyond the inputs and the "
         "gradient, in MiB and as a multiple of the logits size.",
+    ]
+
+
+def _table(results: dict) -> list[str]:
+    """Return the table of every variant of every case."""
+    lines = [
         "",
         "| loss | size | variant | median ms | IQR ms | × floor | vs eager | vs compile "
         "| extra peak | compile s |",
@@ -179,17 +184,29 @@ def markdown(results: dict) -> str:
     ]
     for record in results["cases"]:
         lines += _variant_rows(record)
+    return lines
+
+
+def _targets(results: dict) -> list[str]:
+    """Return the targets section, each row met or missed by a factor."""
     targets = check_targets(results)
-    if targets:
-        lines += ["", "## Targets", "", "| loss | variant | target | measured | result |",
-                  "|---|---|---|---|---|"]
-        for row in targets:
-            if row["met"]:
-                verdict = "met"
-            else:
-                verdict = f"**missed** by a factor {row['missed_by_factor']:.2f}"
-            lines.append(f"| {row['loss']} | {row['variant']} | {row['target']} "
-                         f"| {row['measured']:.3g} | {verdict} |")
+    if not targets:
+        return []
+    lines = ["", "## Targets", "", "| loss | variant | target | measured | result |",
+             "|---|---|---|---|---|"]
+    for row in targets:
+        if row["met"]:
+            verdict = "met"
+        else:
+            verdict = f"**missed** by a factor {row['missed_by_factor']:.2f}"
+        lines.append(f"| {row['loss']} | {row['variant']} | {row['target']} "
+                     f"| {row['measured']:.3g} | {verdict} |")
+    return lines
+
+
+def _problems(results: dict) -> list[str]:
+    """Return the sections on failed variants and on values that differ from lossgrad."""
+    lines = []
     errors = [
         (record["loss"], label, message)
         for record in results["cases"]
@@ -206,12 +223,27 @@ def markdown(results: dict) -> str:
     ]
     if mismatched:
         lines += ["", "## Values that differ from lossgrad by more than 0.1%", ""]
-        lines += [f"- {loss} {label}: relative difference {diff:.3g}" for loss, label, diff in mismatched]
-    if results.get("sweep"):
-        lines += ["", "## Sweep", "", "![sweep](sweep.png)", "",
-                  "| loss | N | V | variant | median ms |", "|---|---|---|---|---|"]
-        lines += [f"| {p['loss']} | {p['N']} | {p['V']} | {p['variant']} | {_format_ms(p['median_ms'])} |"
-                  for p in results["sweep"]]
+        lines += [f"- {loss} {label}: relative difference {diff:.3g}"
+                  for loss, label, diff in mismatched]
+    return lines
+
+
+def _sweep(results: dict) -> list[str]:
+    """Return the sweep section with its plot, or nothing without a sweep."""
+    if not results.get("sweep"):
+        return []
+    lines = ["", "## Sweep", "", "![sweep](sweep.png)", "",
+             "| loss | N | V | variant | median ms |", "|---|---|---|---|---|"]
+    for point in results["sweep"]:
+        lines.append(f"| {point['loss']} | {point['N']} | {point['V']} | {point['variant']} "
+                     f"| {_format_ms(point['median_ms'])} |")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """Return the results as a Markdown page: machine, table, targets, problems, sweep."""
+    lines = _header(results) + _table(results) + _targets(results)
+    lines += _problems(results) + _sweep(results)
     return "\n".join(lines) + "\n"
 
 

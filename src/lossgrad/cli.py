@@ -23,16 +23,30 @@ COMMANDS = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, with exit code 2.
+
+    argparse prints the whole usage before an error; in scripts and logs one
+    line that names the problem and points to ``--help`` is easier to read.
+    """
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with one subparser per application."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="lossgrad",
         description="Losses with hand-derived gradients: explain, run, bench.",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log debug messages"
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=OneLineErrorParser
+    )
     subparsers.required = True
     for name, help_text in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)

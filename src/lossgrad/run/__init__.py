@@ -26,32 +26,6 @@ __all__ = ["configure_parser", "main"]
 logger = logging.getLogger(__name__)
 
 
-def _error_in_one_line(parser: argparse.ArgumentParser):
-    """Return an error handler that prints argparse's message as one line and exits with 2."""
-
-    def error(message: str):
-        print(f"{parser.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    return error
-
-
-def _reject_unknown_arguments(parser: argparse.ArgumentParser):
-    """Return a parse_known_args that reports leftover arguments through parser.error.
-
-    Left alone, argparse hands them to the top-level parser, which prints its usage as well.
-    """
-    parse_known_args = parser.parse_known_args
-
-    def parse(args=None, namespace=None):
-        namespace, extras = parse_known_args(args, namespace)
-        if extras:
-            parser.error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
-
-    return parse
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add this command's arguments and options to parser."""
     parser.epilog = (
@@ -59,9 +33,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "lossgrad run regress --data mine.csv --label-column price"
     )
     add_options(parser)
-    # argparse prints the usage before its error; one line is easier to read in scripts.
-    parser.error = _error_in_one_line(parser)
-    parser.parse_known_args = _reject_unknown_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:

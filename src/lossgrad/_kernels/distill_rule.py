@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._reduction import accumulate_dtype
 from .rows import RowRule
 
 __all__ = ["js_rule", "kd_rule", "log_softmax_pair"]
@@ -41,7 +42,7 @@ def log_softmax_pair(x: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tenso
     for logits of any magnitude. Entries equal to ``-inf`` get probability 0 and
     log-probability ``-inf``; a row of ``-inf`` gets all zeros, all ``-inf`` and
     a log-sum-exp of ``-inf``. The log-sum-exp (``chunk``) is NaN or ``+inf``
-    exactly for rows with a NaN or ``+inf`` logit, which :func:`_invalid_rows` reads.
+    exactly for rows with a NaN or ``+inf`` logit.
     """
     log_p = x / temperature if temperature != 1.0 else x.clone()
     m = log_p.amax(dim=-1, keepdim=True)  # chunk x 1, NaN if the row has a NaN
@@ -56,24 +57,12 @@ def log_softmax_pair(x: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tenso
     return log_p, p, lse
 
 
-def _invalid_rows(*lses: Tensor) -> Tensor:
-    """Return the rows (``chunk``) where any log-sum-exp is NaN or ``+inf``.
-
-    Those rows have a NaN or ``+inf`` logit. Their loss is set to NaN, because
-    :func:`_weighted` replaces NaN products by 0 and would otherwise hide them.
-    """
-    valid = lses[0] < float("inf")
-    for lse in lses[1:]:
-        valid &= lse < float("inf")
-    return ~valid
-
-
 def _weighted(p: Tensor, value: Tensor) -> Tensor:
     """Return ``p · value`` with exactly 0 where ``p = 0``, whatever ``value`` is.
 
     A NaN product comes from 0 · ±inf (a zero probability against an infinite
     log-ratio) or from a NaN logit. Both become 0 here, and the callers mark
-    rows with NaN logits through :func:`_invalid_rows`. ``nan_to_num_`` is
+    rows with NaN logits through :func:`_poison`. ``nan_to_num_`` is
     used because on CPU it is several times faster than a comparison and
     ``torch.where`` over the chunk.
     """
@@ -81,19 +70,126 @@ def _weighted(p: Tensor, value: Tensor) -> Tensor:
     return (p * value).nan_to_num_(nan=0.0, posinf=inf, neginf=-inf)
 
 
-def _forward_kl(log_p_t: Tensor, p_t: Tensor, log_p_s: Tensor) -> Tensor:
-    """Return KL(p_t ‖ p_s) of each row (``chunk``)."""
-    return _weighted(p_t, log_p_t - log_p_s).sum(dim=-1)
+def _shifted(x: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Return (z, exp z, Σ exp z, row maximum) of ``z = (x − m) / T`` for each row of ``x``.
+
+    ``m`` is the row maximum, replaced by 0 in a row whose maximum is not
+    finite, so that ``z ≤ 0`` in every row with a finite maximum and the sum
+    is at least 1 there. ``z`` and ``exp z`` are new ``chunk x V`` tensors.
+    The returned maximum (``chunk x 1``) is the raw one: NaN or ``+inf`` for
+    rows with a NaN or ``+inf`` logit, which :func:`_poison` reads.
+    """
+    m = x.amax(dim=-1, keepdim=True)  # chunk x 1
+    shift = m.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    # One pass: z = x/T − m/T.
+    z = torch.add(shift.mul_(-1.0 / temperature), x, alpha=1.0 / temperature)
+    e = z.exp()
+    return z, e, e.sum(dim=-1, keepdim=True), m
 
 
-def _mark_invalid(loss: Tensor, invalid: Tensor) -> Tensor:
-    """Set the loss of rows with a NaN or ``+inf`` logit to NaN."""
-    return torch.where(invalid, torch.full_like(loss, float("nan")), loss)
+def _poison(*maxima: Tensor) -> Tensor:
+    """Return ``chunk x 1``: NaN where any row maximum is NaN or ``+inf``, else 0.
+
+    Added to a row's loss, it marks rows with a NaN or ``+inf`` logit, whose
+    NaN products :func:`_weighted_` would otherwise turn into 0.
+    """
+    total = None
+    for m in maxima:
+        clamped = m.clamp_min(0.0)  # −inf → 0, NaN and +inf stay
+        term = clamped - clamped  # NaN for NaN and +inf, else 0
+        total = term if total is None else total.add_(term)
+    return total
 
 
-def _counted_rows(target: Tensor | None, ignore_index: int) -> Tensor | None:
-    """Return the ``N`` mask of rows that count, or None when every row counts."""
-    return None if target is None else target != ignore_index
+def _weighted_(e: Tensor, value: Tensor) -> Tensor:
+    """Overwrite ``value`` with ``e · value``, exactly 0 where ``e = 0``; return it.
+
+    A NaN product comes from 0 · ±inf (a zero probability against an infinite
+    log-ratio) or from a NaN logit, and becomes 0; rows with NaN logits are
+    marked by :func:`_poison`.
+    """
+    inf = float("inf")
+    return value.mul_(e).nan_to_num_(nan=0.0, posinf=inf, neginf=-inf)
+
+
+def _teacher_chunk(teacher: Tensor, rows: slice, x: Tensor) -> Tensor:
+    """Return the teacher rows of this chunk in the dtype of ``x``.
+
+    Under torch.func transforms they are batched like ``x``, because the
+    rules update buffers made from them in place with values made from ``x``.
+    """
+    chunk = teacher[rows].to(x.dtype)
+    if torch._C._are_functorch_transforms_active():
+        chunk = chunk + torch.zeros_like(x)
+    return chunk
+
+
+def _store(operation, *args, out: Tensor) -> None:
+    """Write ``operation(*args)`` into ``out``, in one pass where vmap allows ``out=``.
+
+    vmap has no batching rule for ``out=`` variants, so under torch.func
+    transforms the result is made first and copied.
+    """
+    if torch._C._are_functorch_transforms_active():
+        out.copy_(operation(*args))
+    else:
+        operation(*args, out=out)
+
+
+def _add_product(out: Tensor, e: Tensor, factor: Tensor) -> None:
+    """Add ``e · factor`` (``factor`` per row) to ``out`` in one pass.
+
+    vmap has no batching rule for ``addcmul_``, so under torch.func
+    transforms the product is made first.
+    """
+    if torch._C._are_functorch_transforms_active():
+        out.add_(e * factor)
+    else:
+        out.addcmul_(e, factor)
+
+
+def _safe(total: Tensor) -> Tensor:
+    """Replace a zero row sum (a row of ``-inf``) by 1, so that it divides to 0, not NaN."""
+    return total + (total == 0)
+
+
+def _counted_weights(target: Tensor | None, ignore_index: int, dtype: torch.dtype) -> Tensor | None:
+    """Return ``N`` row weights, 1 for a counted row and 0 for an ignored one, or None."""
+    return None if target is None else (target != ignore_index).to(dtype)
+
+
+def _may_ignore(weights: Tensor | None) -> bool:
+    """Return whether some row may be ignored, reading the weights only on the CPU.
+
+    Under torch.compile and torch.func transforms, and off the CPU, the answer
+    is True without reading values.
+    """
+    if weights is None:
+        return False
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return True
+    if weights.device.type != "cpu":
+        return True
+    return not bool(weights.all())
+
+
+def _finish_rows(
+    loss: Tensor, out: Tensor, weights: Tensor | None, mask_rows: bool
+) -> Tensor:
+    """Give ignored rows exactly 0 in loss and gradient; return the ``chunk`` loss.
+
+    The gradient of an ignored row is already 0 through its row factor unless
+    the row has a NaN or ``+inf`` logit, so the pass over ``out`` runs only
+    when some row may be ignored.
+    """
+    loss = loss.squeeze(-1)
+    if weights is None:
+        return loss
+    counted = weights.squeeze(-1) > 0  # chunk
+    loss = torch.where(counted, loss, torch.zeros_like(loss))
+    if mask_rows:
+        out.masked_fill_(~counted.unsqueeze(-1), 0.0)
+    return loss
 
 
 def kd_rule(
@@ -103,6 +199,7 @@ def kd_rule(
     temperature: float = 4.0,
     alpha: float = 0.9,
     ignore_index: int = -100,
+    scale: Tensor | float = 1.0,
 ) -> RowRule:
     """Build the row rule of the distillation loss.
 
@@ -112,6 +209,9 @@ def kd_rule(
         temperature: ``T > 0``.
         alpha: weight of the soft term in ``[0, 1]``; ignored without a target.
         ignore_index: class index whose rows get loss 0 and gradient 0.
+        scale: factor of the gradient (not of the loss), such as the
+            reduction's 1/denominator, so that backward has nothing left to
+            do for a ``grad_output`` of 1.
 
     Per row, with a target ``y`` (``α`` = alpha)::
 
@@ -122,47 +222,76 @@ def kd_rule(
     The hard term has the semantics of ``cross_entropy`` with class indices
     and ``ignore_index``, without class weights or label smoothing.
     """
-    counted_all = _counted_rows(target, ignore_index)
     soft_weight = 1.0 if target is None else alpha
     hard_weight = 0.0 if target is None else 1.0 - alpha
+    weights_all = _counted_weights(target, ignore_index, accumulate_dtype(teacher.dtype))
+    mask_rows = _may_ignore(weights_all)
     safe_target_all = None
     if target is not None:
-        safe_target_all = torch.where(counted_all, target, torch.zeros_like(target))
+        safe_target_all = torch.where(weights_all > 0, target, torch.zeros_like(target))
+    T = temperature
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
-        # Every term reads x before out (which may be x) is written. The loss
-        # is summed out of place, which vmap needs when only some inputs are batched.
-        loss = out.new_zeros(out.shape[0])  # chunk
-        grad = None
+        # Every term reads x before out (which may be x) is written. The
+        # gradient is a sum of row-scaled exponentials, written once at the
+        # end: out = a·exp(z_s) + b·exp(z_t) + c·exp(x − m) − h·onehot(y).
+        weights = None if weights_all is None else weights_all[rows].unsqueeze(-1)  # chunk x 1
+        row_scale = scale if weights is None else weights * scale
+        loss = out.new_zeros(out.shape[0], 1)  # chunk x 1
+        e_s = e_t = a = b = None
+        m_s = x.amax(dim=-1, keepdim=True) if soft_weight == 0 else None
 
-        # 1. Soft term: KL(p_t ‖ p_s) with p = softmax(·/T). Its gradient is
-        #    T² · (1/T) (p_s − p_t): the 1/T is the chain rule through s/T.
+        # 1. Soft term T² KL(p_t ‖ p_s) with p = softmax(z), z = (· − m)/T. With
+        #    S = Σ exp z, log p = z − log S and Σ p_t = 1:
+        #    KL = Σ exp(z_t) (z_t − z_s) / S_t + log S_s − log S_t.
+        #    Its gradient is T² · (1/T) (p_s − p_t): 1/T from the chain rule.
         if soft_weight > 0:
-            log_p_s, p_s, lse_s = log_softmax_pair(x, temperature)
-            log_p_t, p_t, lse_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
-            soft_loss = (soft_weight * temperature**2) * _forward_kl(log_p_t, p_t, log_p_s)
-            loss = _mark_invalid(loss + soft_loss, _invalid_rows(lse_s, lse_t))
-            grad = p_s.sub_(p_t).mul_(soft_weight * temperature)  # chunk x V
+            z_s, e_s, total_s, m_s = _shifted(x, T)
+            z_t, e_t, total_t, m_t = _shifted(_teacher_chunk(teacher, rows, x), T)
+            safe_s, safe_t = _safe(total_s), _safe(total_t)
+            dot = _weighted_(e_t, z_t.sub_(z_s)).sum(dim=-1, keepdim=True)
+            # A teacher row of -inf has no mass (total_t = 0) and adds 0.
+            kl = (dot + total_t * (safe_s.log() - safe_t.log())) / safe_t
+            loss = loss + (soft_weight * T * T) * kl + _poison(m_s, m_t)
+            a = (soft_weight * T) * row_scale / safe_s
+            b = (-soft_weight * T) * row_scale / safe_t
 
-        # 2. Hard term: −log softmax(s)_y, gradient softmax(s) − onehot(y), at
-        #    temperature 1. It is +inf when s_y = −inf, as in cross_entropy.
+        # 2. Hard term at temperature 1: −log softmax(s)_y = log S − (s_y − m),
+        #    gradient softmax(s) − onehot(y). It is +inf when s_y = −inf.
         if hard_weight > 0:
             y = safe_target_all[rows].unsqueeze(-1)  # chunk x 1
-            log_p, p, _ = log_softmax_pair(x)
-            loss = loss - hard_weight * log_p.gather(-1, y).squeeze(-1)
-            p.scatter_add_(-1, y, torch.full_like(y, -1.0, dtype=p.dtype))
-            grad = p.mul_(hard_weight) if grad is None else grad.add_(p, alpha=hard_weight)
+            shift = m_s.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+            z_y = x.gather(-1, y) - shift
+            if soft_weight > 0 and T == 1.0:
+                total = safe_s
+                _store(torch.mul, e_s, a + hard_weight * row_scale / total, out=out)
+            else:
+                _store(torch.sub, x, shift, out=out)
+                out.exp_()
+                total = _safe(out.sum(dim=-1, keepdim=True))
+                out.mul_(hard_weight * row_scale / total)
+                if e_s is not None:
+                    _add_product(out, e_s, a)
+            if e_t is not None:
+                _add_product(out, e_t, b)
+            loss = loss + hard_weight * (total.log() - z_y)
+            h = weights * (-hard_weight * scale)  # chunk x 1
+            out.scatter_add_(-1, y, h.to(out.dtype))
+        else:
+            _store(torch.mul, e_s, a, out=out)
+            _add_product(out, e_t, b)
 
-        # 3. An ignored row gets exactly 0 in loss and gradient, even where a
-        #    term above is infinite.
-        out.copy_(grad)
-        if counted_all is not None:
-            counted = counted_all[rows]  # chunk
-            loss = torch.where(counted, loss, torch.zeros_like(loss))
-            out.masked_fill_(~counted.unsqueeze(-1), 0.0)
-        return loss
+        # 3. An ignored row gets exactly 0 in loss and gradient.
+        return _finish_rows(loss, out, weights, mask_rows)
 
     return rule
+
+
+# The mixed JSD form is taken directly, as log p − log M, for β in
+# [_DIRECT_BETA, 1 − _DIRECT_BETA]. Closer to an end log(p/M) tends to 0 and
+# the difference of logs loses relative precision (a factor of about 1/β), so
+# the log1p/expm1 form of _normalised_js_ is used there.
+_DIRECT_BETA = 0.05
 
 
 def js_rule(
@@ -172,6 +301,7 @@ def js_rule(
     beta: float = 0.5,
     temperature: float = 1.0,
     ignore_index: int = -100,
+    scale: Tensor | float = 1.0,
 ) -> RowRule:
     """Build the row rule of the generalised Jensen-Shannon divergence.
 
@@ -182,6 +312,7 @@ def js_rule(
         beta: ``β`` in ``[0, 1]``, the teacher's weight in the mixture.
         temperature: ``T > 0``.
         ignore_index: class index whose rows get loss 0 and gradient 0.
+        scale: factor of the gradient (not of the loss), as in :func:`kd_rule`.
 
     Per row, with ``M = β p_t + (1 − β) p_s`` and ``0 < β < 1``::
 
@@ -191,45 +322,79 @@ def js_rule(
     ``T² KL(p_s ‖ p_t)``. Those are not the limits of the formula, which tends
     to 0 at both ends: the loss jumps at ``β = 0`` and ``β = 1`` by design.
     """
-    counted_all = _counted_rows(target, ignore_index)
+    weights_all = _counted_weights(target, ignore_index, accumulate_dtype(teacher.dtype))
+    mask_rows = _may_ignore(weights_all)
+    T = temperature
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
-        log_p_s, p_s, lse_s = log_softmax_pair(x, temperature)
-        log_p_t, p_t, lse_t = log_softmax_pair(teacher[rows].to(x.dtype), temperature)
-        if beta == 0.0:
-            loss = _forward_kl(log_p_t, p_t, log_p_s)
-            # ∂KL(p_t ‖ p_s)/∂z = p_s − p_t.
-            out.copy_(p_s.sub_(p_t))
-        elif beta == 1.0:
-            loss = _reverse_kl_(log_p_s, p_s, log_p_t, out)
-        else:
-            # The mixed form is computed divided by β(1 − β), whose log-ratios
-            # keep full precision near the ends, then scaled back. Within
-            # machine epsilon of an end, where dividing by β or 1 − β is not
-            # safe (β may be subnormal), the first-order term β(1 − β) · KL is
-            # used; it differs from the formula by a relative O(β).
-            eps = torch.finfo(x.dtype).eps
-            if beta < eps:
-                loss = _forward_kl(log_p_t, p_t, log_p_s)
-                out.copy_(p_s.sub_(p_t))
-            elif 1.0 - beta < eps:
-                loss = _reverse_kl_(log_p_s, p_s, log_p_t, out)
-            else:
-                loss = _normalised_js_(log_p_s, p_s, log_p_t, p_t, beta, out)
-            weight = beta * (1.0 - beta)
-            loss = loss.mul_(weight)
-            out.mul_(weight)
+        weights = None if weights_all is None else weights_all[rows].unsqueeze(-1)  # chunk x 1
+        row_scale = scale if weights is None else weights * scale
+        eps = torch.finfo(x.dtype).eps
+        z_s, e_s, total_s, m_s = _shifted(x, T)
+        z_t, e_t, total_t, m_t = _shifted(_teacher_chunk(teacher, rows, x), T)
+        safe_s, safe_t = _safe(total_s), _safe(total_t)
+        # Within machine epsilon of an end, where dividing by β or 1 − β is
+        # not safe (β may be subnormal), the first-order term β(1 − β) · KL
+        # is used; it differs from the formula by a relative O(β).
+        weight = 1.0 if beta in (0.0, 1.0) else beta * (1.0 - beta)
+
         # The branches give J and ∂J/∂z at z = s/T. The loss is T² J, and
         # ∂(T² J)/∂s = T² · (1/T) ∂J/∂z = T ∂J/∂z.
-        loss = _mark_invalid(loss.mul_(temperature**2), _invalid_rows(lse_s, lse_t))
-        out.mul_(temperature)
-        if counted_all is not None:
-            counted = counted_all[rows]  # chunk
-            loss = torch.where(counted, loss, torch.zeros_like(loss))
-            out.masked_fill_(~counted.unsqueeze(-1), 0.0)
-        return loss
+        if beta < eps:
+            # J = KL(p_t ‖ p_s), ∂J/∂z = p_s − p_t, as in kd_rule's soft term.
+            dot = _weighted_(e_t, z_t.sub_(z_s)).sum(dim=-1, keepdim=True)
+            loss = weight * (dot + total_t * (safe_s.log() - safe_t.log())) / safe_t
+            factor = (weight * T) * row_scale
+            _store(torch.mul, e_s, factor / safe_s, out=out)
+            _add_product(out, e_t, -factor / safe_t)
+        elif 1.0 - beta < eps:
+            # J = KL(p_s ‖ p_t) = W/S_s − (log S_s − log S_t) with
+            # W = Σ exp(z_s) (z_s − z_t); ∂J/∂z = p_s (ℓ − J) with
+            # ℓ = log p_s − log p_t, which is (exp(z_s) (z_s − z_t) − exp(z_s) W/S_s)/S_s.
+            w = _weighted_(e_s, z_s.sub_(z_t))
+            total_w = w.sum(dim=-1, keepdim=True)
+            loss = weight * (total_w - total_s * (safe_s.log() - safe_t.log())) / safe_s
+            factor = (weight * T) * row_scale / safe_s
+            _store(torch.mul, w, factor, out=out)
+            _add_product(out, e_s, -factor * total_w / safe_s)
+        elif _DIRECT_BETA <= beta <= 1.0 - _DIRECT_BETA:
+            loss = _direct_js_(z_s, e_s, safe_s, z_t, e_t, safe_t, beta, out, T * row_scale)
+        else:
+            log_p_s, p_s, _ = log_softmax_pair(x, T)
+            log_p_t, p_t, _ = log_softmax_pair(teacher[rows].to(x.dtype), T)
+            loss = _normalised_js_(log_p_s, p_s, log_p_t, p_t, beta, out).unsqueeze(-1)
+            loss = loss * weight
+            out.mul_((weight * T) * row_scale)
+        loss = loss * (T * T) + _poison(m_s, m_t)
+        return _finish_rows(loss, out, weights, mask_rows)
 
     return rule
+
+
+def _direct_js_(
+    z_s: Tensor, e_s: Tensor, total_s: Tensor, z_t: Tensor, e_t: Tensor, total_t: Tensor,
+    beta: float, out: Tensor, factor: Tensor | float,
+) -> Tensor:
+    """Write ``factor`` · ∂(JSD)/∂z into ``out``; return the JSD per row (``chunk x 1``).
+
+    With p = exp(z)/S (``total_*`` is S with 0 replaced by 1) and
+    M = β p_t + (1 − β) p_s, the product M S_s = (1 − β) exp(z_s) + β (S_s/S_t) exp(z_t)
+    gives r_s = log(p_s/M) = z_s − log(M S_s) and r_t = log(p_t/M) = r_s + z_t − z_s
+    − log S_t + log S_s without a log of a probability. Then
+    JSD = β Σ p_t r_t + (1 − β) Σ p_s r_s and, as in :func:`_normalised_js_`,
+    ∂JSD/∂z_j = (1 − β) p_s,j (r_s,j − Σ_i p_s,i r_s,i).
+    """
+    log_mixture = torch.mul(e_t, beta * total_s / total_t)  # chunk x V, M S_s
+    log_mixture.add_(e_s, alpha=1.0 - beta).log_()
+    r_t = z_t.sub_(log_mixture).add_(total_s.log() - total_t.log())
+    r_s = z_s.sub_(log_mixture)
+    teacher_part = _weighted_(e_t, r_t).sum(dim=-1, keepdim=True) / total_t
+    w = _weighted_(e_s, r_s)  # chunk x V, exp(z_s) r_s
+    student_sum = w.sum(dim=-1, keepdim=True) / total_s  # Σ p_s r_s
+    coefficient = (1.0 - beta) * factor / total_s
+    _store(torch.mul, w, coefficient, out=out)
+    _add_product(out, e_s, -coefficient * student_sum)
+    return beta * teacher_part + (1.0 - beta) * student_sum
 
 
 def _softmax_backward_(p_s: Tensor, g: Tensor, out: Tensor) -> Tensor:
@@ -242,17 +407,6 @@ def _softmax_backward_(p_s: Tensor, g: Tensor, out: Tensor) -> Tensor:
     total = weighted.sum(dim=-1, keepdim=True)  # chunk x 1
     out.copy_(weighted.sub_(p_s * total))
     return total.squeeze(-1)
-
-
-def _reverse_kl_(log_p_s: Tensor, p_s: Tensor, log_p_t: Tensor, out: Tensor) -> Tensor:
-    """Write ∂KL(p_s ‖ p_t)/∂(s/T) into ``out``; return KL(p_s ‖ p_t) per row.
-
-    J = Σ p_s (log p_s − log p_t) gives ∂J/∂p_s,i = log p_s,i − log p_t,i + 1.
-    The constant 1 cancels in the softmax chain rule, which leaves
-    ∂J/∂z_j = p_s,j (ℓ_j − J) with ℓ = log p_s − log p_t. The value is +inf
-    (and the gradient NaN) where p_t = 0 < p_s: the divergence is infinite.
-    """
-    return _softmax_backward_(p_s, log_p_s - log_p_t, out)
 
 
 def _log_mixture_ratio(

@@ -9,7 +9,8 @@ return each row's loss and gradient from one pass.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ from .._formula import Formula, documented
 from .._kernels.distill_rule import js_rule, kd_rule
 from .._kernels import triton_ops
 from .._kernels.rows import RowRule, fused_rows
-from .._reduction import accumulate_dtype, grad_scale, reduce_loss
+from .._reduction import accumulate_dtype, grad_scale, reduce_loss, safe_denominator
 
 __all__ = ["js_div", "kd_loss", "kl_div"]
 
@@ -220,15 +221,17 @@ def kl_div(
 class _RowLoss:
     """The options of one row loss: its name, row rule, ignored index and reduction.
 
-    ``make_rule(teacher_rows, target_rows)`` builds the row rule from the
-    ``N x V`` teacher logits and the ``N`` class targets (or ``None``).
+    ``make_rule(teacher_rows, target_rows, scale)`` builds the row rule from
+    the ``N x V`` teacher logits, the ``N`` class targets (or ``None``) and
+    the factor of the gradient.
     """
 
     name: str
-    make_rule: Callable[[Tensor, Tensor | None], RowRule]
-    # The same loss on the Triton kernels: (student, teacher, target rows) to
-    # (loss per row, gradient per row), used where triton_ops.use_triton says so.
-    triton_rows: Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor]]
+    make_rule: Callable[[Tensor, Tensor | None, Tensor | float], RowRule]
+    # The same loss on the Triton kernels: (student, teacher, target rows,
+    # gradient factor, inplace) to (loss per row, scaled gradient per row),
+    # used where triton_ops.use_triton returns True.
+    triton_rows: Callable[[Tensor, Tensor, Tensor | None, Tensor, bool], tuple[Tensor, Tensor]]
     ignore_index: int
     reduction: str
 
@@ -252,64 +255,191 @@ def _batched_like(student: Tensor, teacher: Tensor, target: Tensor | None) -> Te
     return student
 
 
+@contextmanager
+def _one_intra_op_thread(tensor: Tensor) -> Iterator[None]:
+    """Run the CPU chunk loop with one intra-op thread, then restore the count.
+
+    Each chunk operation is small (a few hundred kB), so splitting it over
+    threads costs a thread synchronisation per operation. On a loaded machine
+    a descheduled thread stalls that synchronisation for a scheduler time
+    slice: on a 2-core machine shared with other processes, kd_loss at
+    N=1024, V=32000 ran about 9 times slower with 2 threads than with 1.
+    The thread count is left alone under torch.compile and off the CPU.
+    """
+    if tensor.device.type != "cpu" or torch.compiler.is_compiling():
+        yield
+        return
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _is_last_backward() -> bool:
+    """Return whether the running backward frees the graph after itself.
+
+    NOTE: reads a private PyTorch hook (present in 2.13); without it this
+    returns False. Under torch.compile and torch.func it returns False as
+    well, because the compiler cannot trace the hook.
+    """
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if keep_graph is None or torch.compiler.is_compiling():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return False
+    return not keep_graph()
+
+
+def _is_one(factor: Tensor) -> bool:
+    """Return whether a scalar ``factor`` is exactly 1, reading it only where that is free.
+
+    On the CPU ``item()`` is no host synchronisation. Under torch.compile and
+    torch.func transforms the value is not read and this returns False. On
+    CUDA it returns False too, because the Triton scale kernel skips a factor
+    of 1 on the device.
+    """
+    if factor.device.type != "cpu" or factor.numel() != 1:
+        return False
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return factor.item() == 1.0
+
+
+def _scale_by_grad_output(grad: Tensor, factor: Tensor) -> Tensor:
+    """Multiply the saved gradient by ``factor`` (scalar or ``N x 1``) in the compute dtype.
+
+    When this backward is the saved gradient's last use (no retained graph)
+    it is scaled in place and returned, or returned as it is for a scalar
+    factor of exactly 1. A retained graph (``retain_graph=True``,
+    ``gradcheck``, ``torch.func.vjp``) gets a new tensor, so that the saved
+    gradient survives for the next backward.
+    """
+    compute = accumulate_dtype(grad.dtype)
+    if not _is_last_backward():
+        return (grad.to(compute) * factor).to(grad.dtype)
+    if _is_one(factor):
+        return grad
+    if triton_ops.use_triton(grad):
+        return triton_ops.scale_rows_(grad, factor)
+    if grad.dtype == compute:
+        return grad.mul_(factor)
+    return grad.copy_(grad.to(compute).mul_(factor))
+
+
 class DistillRowsFunction(torch.autograd.Function):
     """A student-teacher row loss (``kd_loss``, ``js_div``) with a saved gradient.
 
-    ``forward`` returns the reduced loss, the gradient of each row's loss with
-    respect to the student logits and the number of counted rows. The last two
-    are not differentiable and only feed ``backward``. The teacher gets no
-    gradient.
+    ``forward`` returns the reduced loss, the gradient of the reduced loss with
+    respect to the student logits for a ``grad_output`` of 1, and the number
+    of counted rows. With ``inplace`` the gradient is written over the
+    student logits and an empty tensor is returned in its place. The last two are not differentiable and
+    only feed ``backward``, which multiplies the gradient by ``grad_output``.
+    The teacher gets no gradient.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(student: Tensor, teacher: Tensor, target: Tensor | None, loss: _RowLoss):
+    def forward(
+        student: Tensor, teacher: Tensor, target: Tensor | None, loss: _RowLoss, inplace: bool
+    ):
         rows_shape = student.shape[:-1]
         student_rows = _as_rows(student)  # N x V
         teacher_rows = _as_rows(teacher)
         target_rows = None if target is None else target.reshape(-1)  # N
         if torch._C._are_functorch_transforms_active():
             student_rows = _batched_like(student_rows, teacher_rows, target_rows)
-        if triton_ops.use_triton(student_rows):
-            row_loss, grad = loss.triton_rows(student_rows, teacher_rows, target_rows)
-        else:
-            rule = loss.make_rule(teacher_rows, target_rows)
-            row_loss, grad = fused_rows(student_rows, rule)
-        dtype = row_loss.dtype
+        dtype = accumulate_dtype(student.dtype)
         if target_rows is None:
             count = torch.full((), student_rows.shape[0], dtype=dtype, device=student.device)
         else:
             count = (target_rows != loss.ignore_index).sum().to(dtype)
+
+        # The reduction's 1/denominator is known here, so the saved gradient
+        # is that of the reduced loss and a grad_output of 1 leaves it as is.
+        scale = 1.0 / safe_denominator(count) if loss.reduction == "batchmean" else 1.0
+        if triton_ops.use_triton(student_rows):
+            scale = torch.as_tensor(scale, dtype=dtype, device=student.device)
+            row_loss, grad = loss.triton_rows(
+                student_rows, teacher_rows, target_rows, scale, inplace
+            )
+        else:
+            rule = loss.make_rule(teacher_rows, target_rows, scale)
+            with _one_intra_op_thread(student_rows):
+                row_loss, grad = fused_rows(student_rows, rule, inplace=inplace)
         row_loss = row_loss.reshape(rows_shape)
         value = reduce_loss(row_loss, loss.reduction, count, dtype=student.dtype)
+        if inplace:
+            # The gradient now lives in ``student``; setup_context keeps that tensor.
+            grad = student.new_empty(0)
         return value, grad, count
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        student, _, _, loss = inputs
+        student, _, _, loss, inplace = inputs
         _, grad, count = output
         ctx.mark_non_differentiable(grad, count)
-        ctx.save_for_backward(grad, count)
         ctx.loss = loss
         ctx.student_shape = student.shape
+        ctx.inplace = inplace
+        if inplace:
+            # Kept on ctx rather than saved, so that backward checks the version
+            # itself and raises an error that names inplace_backward.
+            ctx.student = student
+            ctx.student_version = student._version
+        else:
+            ctx.save_for_backward(grad)
 
     @staticmethod
     def backward(ctx, grad_value: Tensor, _grad_rows: Tensor, _grad_count: Tensor):
         refuse_double_backward(ctx.loss.name)
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        grad, count = ctx.saved_tensors
-        # The saved gradient is that of each row's unreduced loss. The
-        # reduction divides it by the counted rows (batchmean), or scales each
-        # row by its own upstream gradient (none).
-        dtype = accumulate_dtype(grad.dtype)
-        scale = grad_scale(grad_value, ctx.loss.reduction, count, dtype=dtype)
+            return None, None, None, None, None
+        if ctx.inplace:
+            if ctx.student._version != ctx.student_version:
+                raise RuntimeError(
+                    f"{ctx.loss.name}(inplace_backward=True): the student logits tensor, "
+                    "which holds the gradient after the forward pass, was modified before "
+                    "backward. Leave it untouched until backward, or use "
+                    "inplace_backward=False"
+                )
+            grad = ctx.student.view(-1, ctx.student_shape[-1])
+        else:
+            (grad,) = ctx.saved_tensors
+        # The saved gradient is that of the reduced loss for a grad_output of
+        # 1: ∂(c·L)/∂s = c·∂L/∂s, and for 'none' row n is scaled by its own
+        # grad_output[n].
+        factor = grad_value.to(accumulate_dtype(grad.dtype))
         if ctx.loss.reduction == "none":
-            scale = scale.reshape(-1, 1)
-        grad_student = (grad.to(dtype) * scale).to(grad.dtype)
-        return grad_student.reshape(ctx.student_shape), None, None, None
+            factor = factor.reshape(-1, 1)  # N x 1
+        grad_student = _scale_by_grad_output(grad, factor)
+        return grad_student.reshape(ctx.student_shape), None, None, None, None
 
+
+def _check_inplace(student: Tensor) -> None:
+    """Raise unless the gradient can be written over ``student`` safely."""
+    if student.requires_grad and student.is_leaf:
+        raise ValueError(
+            "inplace_backward: expected student logits computed by an operation, got a "
+            "leaf tensor that requires grad; overwriting it would destroy a parameter. "
+            "Use inplace_backward=False"
+        )
+    if not student.is_contiguous():
+        raise ValueError(
+            "inplace_backward: expected contiguous student logits (*, C), got shape "
+            f"{tuple(student.shape)} and strides {student.stride()}; use "
+            "inplace_backward=False"
+        )
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        raise ValueError(
+            "inplace_backward: not supported under torch.func transforms or "
+            "torch.compile; use inplace_backward=False"
+        )
 
 
 def check_row_reduction(name: str, reduction: object) -> str:
@@ -395,6 +525,7 @@ def kd_loss(
     alpha: float = 0.9,
     ignore_index: int = -100,
     reduction: str = "batchmean",
+    inplace_backward: bool = False,
 ) -> Tensor:
     """Compute the knowledge-distillation loss of Hinton et al. (2015), fused.
 
@@ -435,6 +566,20 @@ def kd_loss(
             of the ``'batchmean'`` count. Default: ``-100``.
         reduction: ``'batchmean'``, ``'sum'`` or ``'none'``.
             Default: ``'batchmean'``.
+        inplace_backward: write the gradient over ``student_logits`` in the
+            forward pass instead of a new buffer, saving one tensor of the
+            logits' size. The logits are destroyed: after the call
+            ``student_logits`` contains the gradient of the reduced loss,
+            which backward multiplies by ``grad_output`` (in place unless the
+            graph is retained) and passes on as the gradient of the logits,
+            so a later read of them returns the gradient. Allowed only for
+            contiguous logits that are the output of an operation (not a leaf
+            that requires grad), and not under ``torch.func`` transforms or
+            ``torch.compile``; otherwise ValueError. If an operation before
+            the loss saved the logits for its own backward (``exp``,
+            ``tanh``), that backward raises PyTorch's in-place modification
+            error. Modifying ``student_logits`` between the forward and the
+            backward raises a RuntimeError. Default: ``False``.
 
     Shape:
         - student_logits: ``(N, C)`` or ``(B, L, C)``; generally ``(*, C)``.
@@ -470,16 +615,17 @@ def kd_loss(
         target = _check_row_target(target, student_logits)
         check_class_indices(target, student_logits.shape[-1], ignore_index)
 
-    def make_rule(teacher_rows: Tensor, target_rows: Tensor | None) -> RowRule:
+    def make_rule(teacher_rows: Tensor, target_rows: Tensor | None, scale) -> RowRule:
         return kd_rule(
             teacher_rows,
             target_rows,
             temperature=temperature,
             alpha=alpha,
             ignore_index=ignore_index,
+            scale=scale,
         )
 
-    def triton_rows(student_rows, teacher_rows, target_rows):
+    def triton_rows(student_rows, teacher_rows, target_rows, scale, inplace):
         return triton_ops.kd_rows(
             student_rows,
             teacher_rows,
@@ -487,11 +633,15 @@ def kd_loss(
             temperature=temperature,
             alpha=alpha,
             ignore_index=ignore_index,
+            scale=scale,
+            inplace=inplace,
         )
 
     loss = _RowLoss("kd_loss", make_rule, triton_rows, ignore_index, reduction)
+    if inplace_backward:
+        _check_inplace(student_logits)
     value, _, _ = DistillRowsFunction.apply(
-        student_logits, teacher_logits.detach(), target, loss
+        student_logits, teacher_logits.detach(), target, loss, inplace_backward
     )
     return value
 
@@ -530,6 +680,7 @@ def js_div(
     temperature: float = 1.0,
     ignore_index: int = -100,
     reduction: str = "batchmean",
+    inplace_backward: bool = False,
 ) -> Tensor:
     """Compute the generalised Jensen-Shannon divergence between student and teacher.
 
@@ -566,6 +717,20 @@ def js_div(
         ignore_index: rows whose target equals it drop out. Default: ``-100``.
         reduction: ``'batchmean'``, ``'sum'`` or ``'none'``.
             Default: ``'batchmean'``.
+        inplace_backward: write the gradient over ``student_logits`` in the
+            forward pass instead of a new buffer, saving one tensor of the
+            logits' size. The logits are destroyed: after the call
+            ``student_logits`` contains the gradient of the reduced loss,
+            which backward multiplies by ``grad_output`` (in place unless the
+            graph is retained) and passes on as the gradient of the logits,
+            so a later read of them returns the gradient. Allowed only for
+            contiguous logits that are the output of an operation (not a leaf
+            that requires grad), and not under ``torch.func`` transforms or
+            ``torch.compile``; otherwise ValueError. If an operation before
+            the loss saved the logits for its own backward (``exp``,
+            ``tanh``), that backward raises PyTorch's in-place modification
+            error. Modifying ``student_logits`` between the forward and the
+            backward raises a RuntimeError. Default: ``False``.
 
     Shape:
         - student_logits: ``(N, C)`` or ``(B, L, C)``; generally ``(*, C)``.
@@ -603,16 +768,17 @@ def js_div(
     if target is not None:
         target = _check_row_target(target, student_logits)
 
-    def make_rule(teacher_rows: Tensor, target_rows: Tensor | None) -> RowRule:
+    def make_rule(teacher_rows: Tensor, target_rows: Tensor | None, scale) -> RowRule:
         return js_rule(
             teacher_rows,
             target_rows,
             beta=beta,
             temperature=temperature,
             ignore_index=ignore_index,
+            scale=scale,
         )
 
-    def triton_rows(student_rows, teacher_rows, target_rows):
+    def triton_rows(student_rows, teacher_rows, target_rows, scale, inplace):
         return triton_ops.js_rows(
             student_rows,
             teacher_rows,
@@ -620,10 +786,14 @@ def js_div(
             temperature=temperature,
             beta=beta,
             ignore_index=ignore_index,
+            scale=scale,
+            inplace=inplace,
         )
 
     loss = _RowLoss("js_div", make_rule, triton_rows, ignore_index, reduction)
+    if inplace_backward:
+        _check_inplace(student_logits)
     value, _, _ = DistillRowsFunction.apply(
-        student_logits, teacher_logits.detach(), target, loss
+        student_logits, teacher_logits.detach(), target, loss, inplace_backward
     )
     return value

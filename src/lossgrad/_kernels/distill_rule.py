@@ -70,20 +70,58 @@ def _weighted(p: Tensor, value: Tensor) -> Tensor:
     return (p * value).nan_to_num_(nan=0.0, posinf=inf, neginf=-inf)
 
 
-def _shifted(x: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+class _Buffers:
+    """Chunk-sized buffers that a rule reuses from chunk to chunk.
+
+    A fresh ``chunk x V`` tensor per operation costs an allocation and, for
+    a size above glibc's mmap threshold, page faults on every first touch.
+    Under torch.compile and torch.func transforms :meth:`take` returns None
+    and the rules use out-of-place operations instead.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, like: Tensor) -> Tensor | None:
+        """Return a buffer with the shape, dtype and device of ``like``, or None."""
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return None
+        buffer = self._buffers.get(name)
+        if (
+            buffer is None
+            or buffer.shape[0] < like.shape[0]
+            or buffer.shape[1:] != like.shape[1:]
+            or buffer.dtype != like.dtype
+            or buffer.device != like.device
+        ):
+            buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+            self._buffers[name] = buffer
+        return buffer[: like.shape[0]]
+
+
+def _shifted(
+    x: Tensor, temperature: float, buffers: _Buffers, name: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Return (z, exp z, Σ exp z, row maximum) of ``z = (x − m) / T`` for each row of ``x``.
 
     ``m`` is the row maximum, replaced by 0 in a row whose maximum is not
     finite, so that ``z ≤ 0`` in every row with a finite maximum and the sum
-    is at least 1 there. ``z`` and ``exp z`` are new ``chunk x V`` tensors.
-    The returned maximum (``chunk x 1``) is the raw one: NaN or ``+inf`` for
-    rows with a NaN or ``+inf`` logit, which :func:`_poison` reads.
+    is at least 1 there. ``z`` and ``exp z`` are ``chunk x V`` buffers named
+    after ``name``, so ``x`` may be overwritten afterwards. The returned
+    maximum (``chunk x 1``) is the raw one: NaN or ``+inf`` for rows with a
+    NaN or ``+inf`` logit, which :func:`_poison` reads.
     """
     m = x.amax(dim=-1, keepdim=True)  # chunk x 1
-    shift = m.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    shift = m.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).mul_(-1.0 / temperature)
     # One pass: z = x/T − m/T.
-    z = torch.add(shift.mul_(-1.0 / temperature), x, alpha=1.0 / temperature)
-    e = z.exp()
+    z = buffers.take(name + " z", x)
+    if z is None:
+        z = torch.add(shift, x, alpha=1.0 / temperature)
+        e = z.exp()
+    else:
+        torch.add(shift, x, alpha=1.0 / temperature, out=z)
+        e = buffers.take(name + " exp z", x)
+        torch.exp(z, out=e)
     return z, e, e.sum(dim=-1, keepdim=True), m
 
 
@@ -112,16 +150,19 @@ def _weighted_(e: Tensor, value: Tensor) -> Tensor:
     return value.mul_(e).nan_to_num_(nan=0.0, posinf=inf, neginf=-inf)
 
 
-def _teacher_chunk(teacher: Tensor, rows: slice, x: Tensor) -> Tensor:
+def _teacher_chunk(teacher: Tensor, rows: slice, x: Tensor, buffers: _Buffers) -> Tensor:
     """Return the teacher rows of this chunk in the dtype of ``x``.
 
     Under torch.func transforms they are batched like ``x``, because the
     rules update buffers made from them in place with values made from ``x``.
     """
-    chunk = teacher[rows].to(x.dtype)
+    chunk = teacher[rows]
     if torch._C._are_functorch_transforms_active():
-        chunk = chunk + torch.zeros_like(x)
-    return chunk
+        return chunk.to(x.dtype) + torch.zeros_like(x)
+    if chunk.dtype == x.dtype:
+        return chunk
+    converted = buffers.take("teacher", x)
+    return chunk.to(x.dtype) if converted is None else converted.copy_(chunk)
 
 
 def _store(operation, *args, out: Tensor) -> None:
@@ -230,6 +271,7 @@ def kd_rule(
     if target is not None:
         safe_target_all = torch.where(weights_all > 0, target, torch.zeros_like(target))
     T = temperature
+    buffers = _Buffers()
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
         # Every term reads x before out (which may be x) is written. The
@@ -246,8 +288,9 @@ def kd_rule(
         #    KL = Σ exp(z_t) (z_t − z_s) / S_t + log S_s − log S_t.
         #    Its gradient is T² · (1/T) (p_s − p_t): 1/T from the chain rule.
         if soft_weight > 0:
-            z_s, e_s, total_s, m_s = _shifted(x, T)
-            z_t, e_t, total_t, m_t = _shifted(_teacher_chunk(teacher, rows, x), T)
+            z_s, e_s, total_s, m_s = _shifted(x, T, buffers, "student")
+            teacher_rows = _teacher_chunk(teacher, rows, x, buffers)
+            z_t, e_t, total_t, m_t = _shifted(teacher_rows, T, buffers, "teacher")
             safe_s, safe_t = _safe(total_s), _safe(total_t)
             dot = _weighted_(e_t, z_t.sub_(z_s)).sum(dim=-1, keepdim=True)
             # A teacher row of -inf has no mass (total_t = 0) and adds 0.
@@ -325,13 +368,15 @@ def js_rule(
     weights_all = _counted_weights(target, ignore_index, accumulate_dtype(teacher.dtype))
     mask_rows = _may_ignore(weights_all)
     T = temperature
+    buffers = _Buffers()
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
         weights = None if weights_all is None else weights_all[rows].unsqueeze(-1)  # chunk x 1
         row_scale = scale if weights is None else weights * scale
         eps = torch.finfo(x.dtype).eps
-        z_s, e_s, total_s, m_s = _shifted(x, T)
-        z_t, e_t, total_t, m_t = _shifted(_teacher_chunk(teacher, rows, x), T)
+        z_s, e_s, total_s, m_s = _shifted(x, T, buffers, "student")
+        teacher_rows = _teacher_chunk(teacher, rows, x, buffers)
+        z_t, e_t, total_t, m_t = _shifted(teacher_rows, T, buffers, "teacher")
         safe_s, safe_t = _safe(total_s), _safe(total_t)
         # Within machine epsilon of an end, where dividing by β or 1 − β is
         # not safe (β may be subnormal), the first-order term β(1 − β) · KL
@@ -358,7 +403,10 @@ def js_rule(
             _store(torch.mul, w, factor, out=out)
             _add_product(out, e_s, -factor * total_w / safe_s)
         elif _DIRECT_BETA <= beta <= 1.0 - _DIRECT_BETA:
-            loss = _direct_js_(z_s, e_s, safe_s, z_t, e_t, safe_t, beta, out, T * row_scale)
+            mixture = buffers.take("mixture", x)
+            loss = _direct_js_(
+                z_s, e_s, safe_s, z_t, e_t, safe_t, beta, out, T * row_scale, mixture
+            )
         else:
             log_p_s, p_s, _ = log_softmax_pair(x, T)
             log_p_t, p_t, _ = log_softmax_pair(teacher[rows].to(x.dtype), T)
@@ -373,7 +421,7 @@ def js_rule(
 
 def _direct_js_(
     z_s: Tensor, e_s: Tensor, total_s: Tensor, z_t: Tensor, e_t: Tensor, total_t: Tensor,
-    beta: float, out: Tensor, factor: Tensor | float,
+    beta: float, out: Tensor, factor: Tensor | float, mixture: Tensor | None,
 ) -> Tensor:
     """Write ``factor`` · ∂(JSD)/∂z into ``out``; return the JSD per row (``chunk x 1``).
 
@@ -384,7 +432,11 @@ def _direct_js_(
     JSD = β Σ p_t r_t + (1 − β) Σ p_s r_s and, as in :func:`_normalised_js_`,
     ∂JSD/∂z_j = (1 − β) p_s,j (r_s,j − Σ_i p_s,i r_s,i).
     """
-    log_mixture = torch.mul(e_t, beta * total_s / total_t)  # chunk x V, M S_s
+    # chunk x V, M S_s, in the ``mixture`` buffer when one is given.
+    if mixture is None:
+        log_mixture = torch.mul(e_t, beta * total_s / total_t)
+    else:
+        log_mixture = torch.mul(e_t, beta * total_s / total_t, out=mixture)
     log_mixture.add_(e_s, alpha=1.0 - beta).log_()
     r_t = z_t.sub_(log_mixture).add_(total_s.log() - total_t.log())
     r_s = z_s.sub_(log_mixture)

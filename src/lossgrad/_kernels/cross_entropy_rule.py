@@ -21,12 +21,14 @@ unless a probability target puts mass on them (then the loss is ``+inf``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from .rows import RowRule
 
-__all__ = ["cross_entropy_rule", "mean_denominator"]
+__all__ = ["can_read_values", "cross_entropy_rule", "mean_denominator"]
 
 
 def mean_denominator(
@@ -53,6 +55,9 @@ def cross_entropy_rule(
     weight: Tensor | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    *,
+    grad_scale: Tensor | None = None,
+    fused: bool = False,
 ) -> RowRule:
     """Build the row rule of a softmax cross-entropy.
 
@@ -64,15 +69,37 @@ def cross_entropy_rule(
         ignore_index: class index whose rows get loss 0 and gradient 0 (class
             index targets only).
         label_smoothing: ``ε`` in ``[0, 1]``.
+        grad_scale: a 0-dim factor of the gradient (not of the loss), such as
+            1 / the normaliser of ``mean``. The rules fold it into their
+            per-row coefficients, so it costs no extra pass in most cases.
+        fused: take the faster rule of :func:`_fused_class_index_rule` for
+            class indices without weights or smoothing. That rule reads one
+            value per chunk on the host, so it is taken only where
+            :func:`can_read_values` allows it, and the general rule elsewhere.
 
-    The returned rule writes the gradient of each row's unreduced loss into
-    ``out`` and returns each row's loss; the caller applies the reduction.
-    The inputs are not validated here: class indices out of range give wrong
-    results or an indexing error.
+    The returned rule writes the gradient of each row's unreduced loss, times
+    ``grad_scale``, into ``out`` and returns each row's loss; the caller
+    applies the reduction. The inputs are not validated here: class indices
+    out of range give wrong results or an indexing error.
     """
     if target.is_floating_point():
-        return _probability_rule(target, weight, label_smoothing)
-    return _class_index_rule(target, weight, ignore_index, label_smoothing)
+        return _probability_rule(target, weight, label_smoothing, grad_scale)
+    general = _class_index_rule(target, weight, ignore_index, label_smoothing, grad_scale)
+    if fused and weight is None and label_smoothing == 0 and can_read_values(target):
+        return _fused_class_index_rule(target, ignore_index, grad_scale, general)
+    return general
+
+
+def can_read_values(tensor: Tensor) -> bool:
+    """Return whether reading ``tensor``'s values on the host is cheap and allowed.
+
+    True for CPU tensors in eager mode. False on other devices, where a read
+    waits for the device, under torch.compile, which cannot trace a read,
+    and under torch.func transforms, where values are batched.
+    """
+    if tensor.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return not torch._C._are_functorch_transforms_active()
 
 
 def _shift_(x: Tensor, out: Tensor) -> None:
@@ -137,7 +164,11 @@ def _smoothing_terms(shifted: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor,
 
 
 def _class_index_rule(
-    target: Tensor, weight: Tensor | None, ignore_index: int, eps: float
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    grad_scale: Tensor | None,
 ) -> RowRule:
     kept_all = target != ignore_index  # N
     safe_all = torch.where(kept_all, target, 0).long()  # gather needs int64
@@ -171,6 +202,12 @@ def _class_index_rule(
             b = (eps / count) * kept  # chunk x 1
             loss = loss + b * (weight_sum * log_total - shifted_sum)
             s = a + b * weight_sum
+        if grad_scale is not None:
+            # The gradient is linear in a, b and s; the loss above used them unscaled.
+            a = a * grad_scale
+            s = s * grad_scale
+            if eps > 0:
+                b = b * grad_scale
 
         # 4. Gradient: p_j Σ_c w_c q_c − w_j q_j.
         #    target term  (1 − ε) w_y (p_j − [j = y])
@@ -186,7 +223,9 @@ def _class_index_rule(
     return rule
 
 
-def _probability_rule(target: Tensor, weight: Tensor | None, eps: float) -> RowRule:
+def _probability_rule(
+    target: Tensor, weight: Tensor | None, eps: float, grad_scale: Tensor | None
+) -> RowRule:
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
         # 1. Target distribution q = (1 − ε) y + ε/K on the finite classes,
         #    times the class weights: wq (chunk x C).
@@ -207,7 +246,58 @@ def _probability_rule(target: Tensor, weight: Tensor | None, eps: float) -> RowR
         loss = s * total.log() - shifted_sum
 
         # 3. Gradient p_j Σ_c w_c q_c − w_j q_j, with p = exp(x − m) / total.
+        if grad_scale is not None:
+            s = s * grad_scale
+            wq = wq * grad_scale
         out.mul_(s / total).sub_(wq)
         return loss.squeeze(-1)
+
+    return rule
+
+
+def _fused_class_index_rule(
+    target: Tensor, ignore_index: int, grad_scale: Tensor | None, general: RowRule
+) -> RowRule:
+    """Build the rule for class indices without weights or smoothing, in five passes.
+
+    The passes over a chunk are the row maximum m, x − m written to ``out``,
+    ``exp_``, the row sum and one multiply by c / Σ exp(x − m). The per-row
+    factor c is 0 for an ignored row and ``grad_scale`` otherwise. The
+    one-hot term −c goes in by a scatter on one entry per row. The loss
+    lse − x_y = log Σ exp(x − m) − (x_y − m) is formed from the shifted
+    values, so it keeps its precision at logits of 1e8.
+
+    No masking is needed when every row maximum is finite: an entry of −inf
+    then gives exp 0 and gradient 0, and a target logit of −inf gives loss
+    +inf and gradient −c. A chunk with a row maximum of ±inf or NaN (a row of
+    only −inf, a +inf or NaN logit) goes to ``general``. That test reads one
+    value per chunk on the host, before anything is written to ``out``.
+    """
+    kept_all = target != ignore_index  # N
+    safe_all = torch.where(kept_all, target, 0).long().unsqueeze(-1)  # N x 1, int64 for gather
+    ignored_all = ~kept_all.unsqueeze(-1)  # N x 1
+    factors: list[Tensor] = []  # the factor c per row (N x 1), made on the first call
+
+    def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
+        m = x.amax(dim=-1, keepdim=True)  # chunk x 1
+        if not math.isfinite(m.sum().item()):
+            return general(rows, x, out)
+        if not factors:
+            factor = kept_all.to(x.dtype).unsqueeze(-1)
+            factors.append(factor if grad_scale is None else factor * grad_scale)
+        c = factors[0][rows]  # chunk x 1
+        y = safe_all[rows]
+
+        torch.sub(x, m, out=out)  # x − m; x is not read after this
+        z_y = out.gather(-1, y)  # chunk x 1, x_y − m
+        out.exp_()
+        total = out.sum(dim=-1, keepdim=True)  # Σ exp(x − m), at least 1
+
+        # Gradient c (p_j − [j = y]) with p = exp(x − m) / total.
+        out.mul_(c / total)
+        out.scatter_add_(-1, y, c.neg())
+
+        # Loss lse − x_y. An ignored row gives 0 even where its x_0 is −inf.
+        return total.log_().sub_(z_y).masked_fill_(ignored_all[rows], 0.0).squeeze(-1)
 
     return rule

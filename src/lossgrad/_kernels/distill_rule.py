@@ -189,6 +189,25 @@ def _add_product(out: Tensor, e: Tensor, factor: Tensor) -> None:
         out.addcmul_(e, factor)
 
 
+def _dot_(e: Tensor, value: Tensor) -> Tensor:
+    """Return Σ_j e_j · value_j per row (``chunk x 1``), a term with e_j = 0 adding 0.
+
+    One fused pass where it can: a NaN in that dot product comes from
+    0 · ±inf (or a NaN logit), and only then, which is found by reading the
+    row results on the CPU, is the sum redone with :func:`_weighted_`. That
+    overwrites ``value``. Off the CPU and under torch.compile or torch.func
+    the two-pass form is always used.
+    """
+    reads_values = e.device.type == "cpu" and not (
+        torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    )
+    if reads_values:
+        dot = torch.linalg.vecdot(e, value).unsqueeze(-1)
+        if not bool(dot.isnan().any()):
+            return dot
+    return _weighted_(e, value).sum(dim=-1, keepdim=True)
+
+
 def _safe(total: Tensor) -> Tensor:
     """Replace a zero row sum (a row of ``-inf``) by 1, so that it divides to 0, not NaN."""
     return total + (total == 0)
@@ -292,7 +311,7 @@ def kd_rule(
             teacher_rows = _teacher_chunk(teacher, rows, x, buffers)
             z_t, e_t, total_t, m_t = _shifted(teacher_rows, T, buffers, "teacher")
             safe_s, safe_t = _safe(total_s), _safe(total_t)
-            dot = _weighted_(e_t, z_t.sub_(z_s)).sum(dim=-1, keepdim=True)
+            dot = _dot_(e_t, z_t.sub_(z_s))
             # A teacher row of -inf has no mass (total_t = 0) and adds 0.
             kl = (dot + total_t * (safe_s.log() - safe_t.log())) / safe_t
             loss = loss + (soft_weight * T * T) * kl + _poison(m_s, m_t)
@@ -387,7 +406,7 @@ def js_rule(
         # ∂(T² J)/∂s = T² · (1/T) ∂J/∂z = T ∂J/∂z.
         if beta < eps:
             # J = KL(p_t ‖ p_s), ∂J/∂z = p_s − p_t, as in kd_rule's soft term.
-            dot = _weighted_(e_t, z_t.sub_(z_s)).sum(dim=-1, keepdim=True)
+            dot = _dot_(e_t, z_t.sub_(z_s))
             loss = weight * (dot + total_t * (safe_s.log() - safe_t.log())) / safe_t
             factor = (weight * T) * row_scale
             _store(torch.mul, e_s, factor / safe_s, out=out)
@@ -440,7 +459,12 @@ def _direct_js_(
     log_mixture.add_(e_s, alpha=1.0 - beta).log_()
     r_t = z_t.sub_(log_mixture).add_(total_s.log() - total_t.log())
     r_s = z_s.sub_(log_mixture)
-    teacher_part = _weighted_(e_t, r_t).sum(dim=-1, keepdim=True) / total_t
+    # M ≥ β p_t and M ≥ (1 − β) p_s bound r_t ≤ −log β and r_s ≤ −log(1 − β).
+    # The bounds matter where M underflows to 0 (β times a subnormal
+    # exp(z)), which would make r infinite against a positive p.
+    r_t.clamp_max_(-math.log(beta))
+    r_s.clamp_max_(-math.log1p(-beta))
+    teacher_part = _dot_(e_t, r_t) / total_t
     w = _weighted_(e_s, r_s)  # chunk x V, exp(z_s) r_s
     student_sum = w.sum(dim=-1, keepdim=True) / total_s  # Σ p_s r_s
     coefficient = (1.0 - beta) * factor / total_s

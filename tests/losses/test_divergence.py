@@ -804,3 +804,152 @@ def test_losses_compile_fullgraph(loss_name):
     (grad,) = grads_of(value, [student])
     (expected_grad,) = grads_of(expected, [student])
     assert_close(grad, expected_grad, "compiled grad", kind="grad")
+
+
+# ---------------------------------------------------------------------------
+# kd_loss and js_div: the saved gradient, grad_output and inplace_backward
+# ---------------------------------------------------------------------------
+
+ROW_LOSSES = [("kd_loss", dict(temperature=2.0, alpha=0.7)), ("js_div", dict(temperature=2.0))]
+
+
+def row_loss(name, student, teacher, target, **options):
+    return getattr(lossgrad, name)(student, teacher, target, **options)
+
+
+@pytest.mark.parametrize("name, options", ROW_LOSSES)
+@pytest.mark.parametrize("reduction", ROW_REDUCTIONS)
+def test_row_losses_scalar_grad_output_scales_gradient(name, options, reduction):
+    """A grad_output of 1 returns the saved gradient as it is; 2.5 scales it."""
+    student = randn(5, 7, dtype=torch.float32, seed=70)
+    teacher = randn(5, 7, dtype=torch.float32, seed=71, requires_grad=False)
+    target = random_target((5,), 7, seed=72, ignored=(1,))
+    reference = reference_kd if name == "kd_loss" else reference_js
+    for scale in (1.0, 2.5):
+        expected = reference(student, teacher, target, reduction=reduction, **options)
+        loss = row_loss(name, student, teacher, target, reduction=reduction, **options)
+        grad_output = torch.full(loss.shape, scale)
+        (grad,) = grads_of(loss, [student], grad_output)
+        (expected_grad,) = grads_of(expected, [student], grad_output)
+        assert_close(grad, expected_grad, f"grad at grad_output={scale}", kind="grad")
+
+
+@pytest.mark.parametrize("name, options", ROW_LOSSES)
+@pytest.mark.parametrize("grad_output", [1.0, 2.5])
+def test_row_losses_retain_graph_keeps_gradient(name, options, grad_output):
+    """A retained graph gives the same gradient on each backward, also into a leaf's .grad."""
+    student = randn(4, 6, dtype=torch.float32, seed=73)
+    teacher = randn(4, 6, dtype=torch.float32, seed=74, requires_grad=False)
+    loss = row_loss(name, student, teacher, None, **options)
+    upstream = torch.tensor(grad_output)
+    (first,) = torch.autograd.grad(loss, student, upstream, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, student, upstream, retain_graph=True)
+    assert torch.equal(first, second)
+    for _ in range(3):
+        loss.backward(upstream, retain_graph=True)
+    assert_close(student.grad, 3 * first, "grad after three backward passes", kind="grad")
+    (last,) = torch.autograd.grad(loss, student, upstream)
+    assert torch.equal(last, first)
+
+
+@pytest.mark.parametrize("name, options", ROW_LOSSES)
+@pytest.mark.parametrize("reduction", ROW_REDUCTIONS)
+def test_row_losses_inplace_backward_same_gradient(name, options, reduction):
+    weights = randn(6, 9, dtype=torch.float32, seed=75)
+    teacher = randn(6, 9, dtype=torch.float32, seed=76, requires_grad=False)
+    target = random_target((6,), 9, seed=77, ignored=(2,))
+    expected = row_loss(name, weights.clone(), teacher, target, reduction=reduction, **options)
+    grad_output = torch.randn(expected.shape) if reduction == "none" else None
+    (expected_grad,) = grads_of(expected, [weights], grad_output)
+    logits = weights.clone()
+    loss = row_loss(
+        name, logits, teacher, target, reduction=reduction, inplace_backward=True, **options
+    )
+    assert_close(loss, expected.detach(), "loss")
+    (grad,) = grads_of(loss, [weights], grad_output)
+    assert_close(grad, expected_grad, "grad", kind="grad")
+
+
+@pytest.mark.parametrize("name, options", ROW_LOSSES)
+def test_row_losses_inplace_backward_destroys_logits(name, options):
+    """After the forward pass the logits contain the gradient of the reduced loss."""
+    weights = randn(2, 3, 5, dtype=torch.float32, seed=78)
+    teacher = randn(2, 3, 5, dtype=torch.float32, seed=79, requires_grad=False)
+    (expected_grad,) = grads_of(row_loss(name, weights.clone(), teacher, None, **options), [weights])
+    logits = weights.clone()
+    loss = row_loss(name, logits, teacher, None, inplace_backward=True, **options)
+    assert_close(logits.detach(), expected_grad, "logits after forward", kind="grad")
+    (grad,) = grads_of(loss, [weights])
+    assert_close(grad, expected_grad, "grad", kind="grad")
+
+
+@pytest.mark.parametrize("name, options", ROW_LOSSES)
+def test_row_losses_inplace_backward_errors(name, options):
+    teacher = randn(4, 6, dtype=torch.float32, seed=80, requires_grad=False)
+    leaf_logits = randn(4, 6, dtype=torch.float32, seed=81)
+    with pytest.raises(ValueError, match="leaf tensor that requires grad"):
+        row_loss(name, leaf_logits, teacher, None, inplace_backward=True, **options)
+    strided = randn(6, 4, dtype=torch.float32, seed=82).clone().T
+    with pytest.raises(ValueError, match="contiguous student logits"):
+        row_loss(name, strided, teacher, None, inplace_backward=True, **options)
+
+    def functional(s):
+        return row_loss(name, s, teacher, None, inplace_backward=True, **options)
+
+    with pytest.raises(ValueError, match="torch.func"):
+        torch.func.grad(functional)(teacher.clone())
+    logits = leaf_logits.clone()
+    loss = row_loss(name, logits, teacher, None, inplace_backward=True, **options)
+    logits.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified before backward"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("name", ["kd_loss", "js_div"])
+def test_row_losses_inplace_backward_bfloat16(name):
+    weights = randn(3, 40, dtype=torch.bfloat16, seed=83, scale=3.0)
+    teacher = randn(3, 40, dtype=torch.bfloat16, seed=84, scale=3.0, requires_grad=False)
+    (expected_grad,) = grads_of(row_loss(name, weights.clone(), teacher, None), [weights])
+    loss = row_loss(name, weights.clone(), teacher, None, inplace_backward=True)
+    (grad,) = grads_of(loss, [weights])
+    assert grad.dtype == torch.bfloat16
+    assert torch.equal(grad, expected_grad)
+
+
+def test_kd_loss_bfloat16_confident_prediction():
+    """p_y = 0.999: the hard term's p_y − 1 is formed in float32 before rounding to bf16.
+
+    Rounding p_y to bfloat16 first (spacing 2⁻⁸ near 1) would turn −0.001
+    into 0 or −0.0039; the error must be no worse than PyTorch's at bf16.
+    """
+    V = 8
+    confident = math.log(0.999 * (V - 1) / 0.001)  # logit of p_y = 0.999 against zeros
+    data = torch.zeros(4, V, dtype=torch.float64)
+    target = torch.tensor([0, 3, 5, 7])
+    data[torch.arange(4), target] = confident
+    student = data.to(torch.bfloat16).requires_grad_(True)
+    teacher = data.to(torch.bfloat16)
+    options = dict(temperature=1.0, alpha=0.5, reduction="sum")
+    ours = lossgrad.kd_loss(student, teacher, target, **options)
+    (ours_grad,) = grads_of(ours, [student])
+    plain = reference_kd(student, teacher, target, **options)
+    (plain_grad,) = grads_of(plain, [student])
+    student64 = student.detach().double().requires_grad_(True)
+    exact = reference_kd(student64, teacher.double(), target, **options)
+    (exact_grad,) = grads_of(exact, [student64])
+    assert abs(ours.double() - exact).item() <= abs(plain.double() - exact).item() + 1e-6
+    ours_error = (ours_grad.double() - exact_grad).abs().max().item()
+    plain_error = (plain_grad.double() - exact_grad).abs().max().item()
+    assert ours_error <= plain_error
+    assert ours_grad[0, 0].item() < 0
+
+
+def test_js_div_subnormal_mixture_is_finite():
+    """β times a subnormal exp(z) rounds to 0, but log(p/M) stays at its bound."""
+    student = torch.tensor([[0.0, 0.0, 798.0]], requires_grad=True)
+    teacher = torch.tensor([[0.0, 0.0, 798.0]])
+    loss = lossgrad.js_div(student, teacher, temperature=7.75, beta=0.5)
+    (grad,) = grads_of(loss, [student])
+    assert torch.isfinite(loss)
+    assert torch.isfinite(grad).all()
+    assert abs(loss.item()) < 1e-6

@@ -423,6 +423,11 @@ class DistillRowsFunction(torch.autograd.Function):
 
 def _check_inplace(student: Tensor) -> None:
     """Raise unless the gradient can be written over ``student`` safely."""
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        raise ValueError(
+            "inplace_backward: not supported under torch.func transforms or "
+            "torch.compile; use inplace_backward=False"
+        )
     if student.requires_grad and student.is_leaf:
         raise ValueError(
             "inplace_backward: expected student logits computed by an operation, got a "
@@ -434,11 +439,6 @@ def _check_inplace(student: Tensor) -> None:
             "inplace_backward: expected contiguous student logits (*, C), got shape "
             f"{tuple(student.shape)} and strides {student.stride()}; use "
             "inplace_backward=False"
-        )
-    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
-        raise ValueError(
-            "inplace_backward: not supported under torch.func transforms or "
-            "torch.compile; use inplace_backward=False"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -607,6 +608,139 @@ def test_cross_entropy_inplace_backward_3d_raises():
     logits = torch.randn(2, 4, 3, requires_grad=True) * 1
     with pytest.raises(ValueError, match="expected 2-D logits"):
         lossgrad.cross_entropy(logits, torch.zeros(2, 3, dtype=torch.long), inplace_backward=True)
+
+
+# The CPU fast path: pre-scaled gradient, skipped multiply, chunk fallback.
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("upstream", [1.0, 2.5])
+def test_cross_entropy_grad_output_one_and_other(reduction, upstream):
+    """A grad_output of 1 skips the multiply in backward; 2.5 takes it."""
+    logits, target, _ = _ce_case((6, 9), torch.float64, False, weighted=False)
+    logits.requires_grad_(True)
+    ours = lossgrad.cross_entropy(logits, target, reduction=reduction)
+    expected = F.cross_entropy(logits, target, reduction=reduction)
+    grad_output = torch.full_like(expected, upstream)
+    (got,) = grads_of(ours, [logits], grad_output)
+    (want,) = grads_of(expected, [logits], grad_output)
+    assert_close(got, want, "grad of logits")
+
+
+@pytest.mark.parametrize("inplace_backward", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_retain_graph_three_times(inplace_backward, reduction):
+    """Each backward of a retained graph adds the same gradient, with grad_output 1."""
+    logits, target, _ = _ce_case((5, 7), torch.float64, False, weighted=False)
+    leaf = logits.requires_grad_(True)
+    source = leaf * 1 if inplace_backward else leaf
+    loss = lossgrad.cross_entropy(
+        source, target, reduction=reduction, inplace_backward=inplace_backward
+    )
+    if reduction == "none":
+        loss = loss.sum()
+    reference = logits.detach().clone().requires_grad_(True)
+    (want,) = grads_of(F.cross_entropy(reference, target, reduction=reduction).sum(), [reference])
+    for count in (1, 2, 3):
+        loss.backward(retain_graph=True)
+        assert_close(leaf.grad, count * want, f"grad after {count} backward passes")
+    # .grad must not share memory with the saved gradient.
+    leaf.grad.zero_()
+    loss.backward()
+    assert_close(leaf.grad, want, "grad after zero_ and a last backward")
+
+
+def test_cross_entropy_saves_one_logits_sized_tensor():
+    """The graph keeps one N x C tensor without inplace_backward and none with it."""
+    N, C = 64, 300
+    hidden = torch.randn(N, 8, requires_grad=True)
+    layer = torch.randn(C, 8)
+    target = torch.randint(0, C, (N,))
+    for inplace_backward, expected_big in ((False, 1), (True, 0)):
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor.numel())
+            return tensor
+
+        logits = hidden @ layer.T  # saved by the matmul's own backward before the hook
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = lossgrad.cross_entropy(logits, target, inplace_backward=inplace_backward)
+        big = [numel for numel in saved if numel >= N * C]
+        assert len(big) == expected_big, f"inplace_backward={inplace_backward}: saved {saved}"
+        assert sum(saved) <= expected_big * N * C + N, f"saved elements {saved}"
+        loss.backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cross_entropy_half_confident_no_worse_than_torch(dtype):
+    """For p_y = 0.999, p − 1 is formed in float32 and rounded once.
+
+    PyTorch rounds p to the half dtype first, where 0.999 becomes 1 in
+    bfloat16, so its gradient at the target loses most of its digits. Both
+    are measured against float64 on the same half-precision logits.
+    """
+    C = 50
+    row = torch.full((C,), 10.0 + math.log(0.001 / (C - 1)), dtype=torch.float64)
+    row[3] = 10.0
+    logits = torch.stack([row, row.roll(5), row.roll(-7)]).to(dtype)
+    target = torch.tensor([3, 8, C - 4])
+    exact = logits.double().requires_grad_(True)
+    reference = F.cross_entropy(exact, target, reduction="none")
+    assert reference.exp().neg().add(1).abs().max() < 2e-3  # p_y is about 0.999
+    (reference_grad,) = grads_of(reference.sum(), [exact])
+    errors = {}
+    for name, function in (("ours", lossgrad.cross_entropy), ("torch", F.cross_entropy)):
+        half = logits.clone().requires_grad_(True)
+        loss = function(half, target, reduction="none")
+        (grad,) = grads_of(loss.sum(), [half])
+        errors[name] = (
+            (loss.double() - reference).abs().max().item(),
+            (grad.double() - reference_grad).abs().max().item(),
+        )
+    ours_loss, ours_grad = errors["ours"]
+    torch_loss, torch_grad = errors["torch"]
+    assert ours_loss <= torch_loss * 1.01 + 1e-7, errors
+    assert ours_grad <= torch_grad * 1.01 + 1e-7, errors
+
+
+@pytest.mark.parametrize("inplace_backward", [False, True])
+def test_cross_entropy_fast_and_masked_chunks_agree(monkeypatch, inplace_backward):
+    """Chunks with a non-finite row maximum take the masking rule; the rest do not.
+
+    Weights of 1 always take the masking rule, so they give the reference.
+    """
+    monkeypatch.setattr(lossgrad._losses.classification, "_CHUNK_BYTES", 4 * 40 * 3)
+    generator = torch.Generator().manual_seed(5)
+    logits = 5 * torch.randn(20, 40, generator=generator, dtype=torch.float64)
+    logits[2] = -INF  # counted row of only -inf: loss +inf
+    logits[7, 5] = -INF  # a masked class
+    logits[9, 11] = -INF  # its target logit is -inf: loss +inf
+    logits[13] = -INF  # an ignored row of only -inf: gradient 0
+    logits[16] = 1e8 * torch.sign(logits[16])
+    target = torch.randint(0, 40, (20,), generator=generator)
+    target[9] = 11
+    target[[4, 13]] = -100
+    losses, grads = [], []
+    for weight in (None, torch.ones(40, dtype=torch.float64)):
+        hidden = logits.clone().requires_grad_(True)
+        source = hidden * 1
+        loss = lossgrad.cross_entropy(
+            source,
+            target,
+            weight=weight,
+            reduction="none",
+            inplace_backward=inplace_backward and weight is None,
+        )
+        grad_output = torch.linspace(-1, 2, 20, dtype=torch.float64)
+        grad_output[[2, 9]] = 0.0  # rows whose loss is +inf
+        losses.append(loss.detach())
+        grads.append(grads_of(loss, [hidden], grad_output)[0])
+    assert losses[0][2].item() == INF
+    assert losses[0][9].item() == INF
+    assert (grads[0][13] == 0).all()
+    assert_close(losses[0], losses[1], "loss per row")
+    assert_close(grads[0], grads[1], "grad of logits")
 
 
 # Errors.

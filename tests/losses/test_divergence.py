@@ -953,3 +953,40 @@ def test_js_div_subnormal_mixture_is_finite():
     assert torch.isfinite(loss)
     assert torch.isfinite(grad).all()
     assert abs(loss.item()) < 1e-6
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_reduced_zero_target_against_minus_inf(log_target):
+    """The fused reduced form falls back to the q = 0 rule when its dot product is NaN."""
+    input = torch.tensor([[-INF, 0.0], [-1.0, -0.5]], dtype=torch.float64, requires_grad=True)
+    probability = torch.tensor([[0.0, 1.0], [0.3, 0.7]], dtype=torch.float64)
+    target = probability.log() if log_target else probability
+    loss = lossgrad.kl_div(input, target, reduction="batchmean", log_target=log_target)
+    # Only the entries with q > 0 add: q (log q − x), divided by the 2 rows.
+    expected = torch.tensor(
+        (0.3 * (math.log(0.3) + 1.0) + 0.7 * (math.log(0.7) + 0.5)) / 2, dtype=torch.float64
+    )
+    assert_close(loss, expected, "loss")
+    (grad,) = grads_of(loss, [input])
+    assert_close(grad, -probability / 2, "grad", kind="grad")
+
+
+@pytest.mark.parametrize("reduction", ["sum", "batchmean", "mean"])
+def test_kl_div_reduced_grad_output_and_retain_graph(reduction):
+    input = log_probabilities(3, 5, seed=85).requires_grad_(True)
+    target = log_probabilities(3, 5, seed=86).exp()
+    loss = kl_no_warning(input, target, reduction=reduction)
+    expected = torch_kl_div(input, target, reduction=reduction)
+    for scale in (1.0, 2.5):
+        upstream = torch.tensor(scale, dtype=torch.float64)
+        (grad,) = torch.autograd.grad(loss, input, upstream, retain_graph=True)
+        (expected_grad,) = torch.autograd.grad(expected, input, upstream, retain_graph=True)
+        assert_close(grad, expected_grad, f"grad at grad_output={scale}", kind="grad")
+    (last,) = torch.autograd.grad(loss, input)
+    assert_close(last, expected_grad / 2.5, "grad after retained passes", kind="grad")
+
+
+def test_kl_div_reduced_nan_input_gives_nan():
+    input = torch.tensor([[float("nan"), -1.0]], dtype=torch.float64)
+    target = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    assert torch.isnan(lossgrad.kl_div(input, target, reduction="sum"))

@@ -117,6 +117,57 @@ class KLDivFunction(torch.autograd.Function):
         return grad_input, grad_target, None, None
 
 
+class KLDivSavedGradFunction(torch.autograd.Function):
+    """Reduced KL divergence whose input gradient is formed in the forward pass.
+
+    The CPU fast path of :func:`kl_div` for a reduced loss whose target needs
+    no gradient. ``forward`` returns the value and ``−q / denominator``, the
+    input gradient for a ``grad_output`` of 1, so backward only scales it.
+    """
+
+    @staticmethod
+    def forward(input: Tensor, target: Tensor, reduction: str, log_target: bool):
+        denominator = 1 if reduction == "sum" else _kl_denominator(input, reduction)
+        denominator = safe_denominator(denominator)
+        q = target.exp() if log_target else target
+        log_q = target if log_target else target.log()
+        # Σ q (log q − x) as one dot product. A NaN total comes from
+        # 0 · (±inf) where q = 0 (which must add 0) or from a NaN input, so
+        # only then is the elementwise form with its q = 0 rule summed.
+        total = torch.dot(q.reshape(-1), (log_q - input).reshape(-1))
+        if torch.isnan(total).item():
+            total = _kl_pointwise(input, target, log_target).sum()
+        grad = q.mul_(-1.0 / denominator) if log_target else q * (-1.0 / denominator)
+        return total / denominator, grad
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, grad = output
+        ctx.mark_non_differentiable(grad)
+        ctx.save_for_backward(grad)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor, _grad_of_grad: Tensor):
+        refuse_double_backward("kl_div")
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        (grad,) = ctx.saved_tensors
+        return _scale_by_grad_output(grad, grad_output.to(grad.dtype)), None, None, None
+
+
+def _kl_saved_grad_applies(input: Tensor, target: Tensor, reduction: str) -> bool:
+    """Return whether :class:`KLDivSavedGradFunction` computes this call."""
+    if reduction == "none" or input.device.type != "cpu" or target.device != input.device:
+        return False
+    if input.dtype not in (torch.float32, torch.float64) or target.dtype != input.dtype:
+        return False
+    if target.requires_grad and torch.is_grad_enabled():
+        return False
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return True
+
+
 @documented(
     Formula(
         name="kl_div",
@@ -209,6 +260,9 @@ def kl_div(
             UserWarning,
             stacklevel=2,
         )
+    if _kl_saved_grad_applies(input, target, reduction):
+        value, _ = KLDivSavedGradFunction.apply(input, target.detach(), reduction, log_target)
+        return value
     return KLDivFunction.apply(input, target, reduction, log_target)
 
 

@@ -319,6 +319,9 @@ def _one_intra_op_thread(tensor: Tensor) -> Iterator[None]:
     slice: on a 2-core machine shared with other processes, kd_loss at
     N=1024, V=32000 ran about 9 times slower with 2 threads than with 1.
     The thread count is left alone under torch.compile and off the CPU.
+
+    NOTE: torch.set_num_threads is process-wide, so PyTorch operations that
+    other Python threads run during the loop also get one intra-op thread.
     """
     if tensor.device.type != "cpu" or torch.compiler.is_compiling():
         yield

@@ -95,6 +95,19 @@ def test_non_contiguous_input(name, options):
     assert_close(grad, expected, "grad", kind="grad")
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(("name", "options"), LOSSES, ids=IDS)
+def test_backward_twice_gives_same_grad(name, options, reduction):
+    """A retained graph gives the same gradient again: backward modifies nothing it saved."""
+    x, y, _ = make_inputs((7, 3), torch.float64, seed=10)
+    loss = getattr(lossgrad, name)(x, y, reduction=reduction, **options)
+    grad_output = torch.randn_like(loss)
+    first = torch.autograd.grad(loss, [x, y], grad_output, retain_graph=True)
+    second = torch.autograd.grad(loss, [x, y], grad_output)
+    assert torch.equal(first[0], second[0])
+    assert torch.equal(first[1], second[1])
+
+
 # Gradients against finite differences.
 
 

@@ -46,27 +46,28 @@ class Penalty(enum.Enum):
     HUBER = "huber_loss"
     SMOOTH_L1 = "smooth_l1_loss"
 
-    def is_absolute(self, r: Tensor, threshold: float) -> bool:
-        """Tell whether ρ(r) = |r|: L1, or smooth L1 with a β that is 0 in r's dtype."""
+    def is_absolute(self, threshold: float, dtype: torch.dtype) -> bool:
+        """Tell whether ρ(r) = |r|: L1, or smooth L1 with a β that is 0 in ``dtype``."""
         if self is Penalty.L1:
             return True
         # A β below the dtype's smallest normal number is taken as 0, because
         # dividing by it would overflow. The loss then differs from L1 by < β/2.
-        return self is Penalty.SMOOTH_L1 and threshold < torch.finfo(r.dtype).tiny
+        return self is Penalty.SMOOTH_L1 and threshold < torch.finfo(dtype).tiny
 
-    def is_clipped(self, r: Tensor, threshold: float) -> bool:
+    def is_clipped(self, threshold: float, dtype: torch.dtype) -> bool:
         """Tell whether the penalty is computed from the clipped residual c."""
-        return self in (Penalty.HUBER, Penalty.SMOOTH_L1) and not self.is_absolute(r, threshold)
+        clipped = self in (Penalty.HUBER, Penalty.SMOOTH_L1)
+        return clipped and not self.is_absolute(threshold, dtype)
 
     def clip(self, r: Tensor, threshold: float) -> Tensor:
         """Return c = clamp(r, −δ, δ), or an empty tensor where ρ does not use it."""
-        if self.is_clipped(r, threshold):
+        if self.is_clipped(threshold, r.dtype):
             return r.clamp(-threshold, threshold)
         return r.new_empty(0)
 
     def evaluate(self, r: Tensor, threshold: float, c: Tensor) -> Tensor:
         """Return ρ(r) elementwise, given c from :meth:`clip`."""
-        if self.is_absolute(r, threshold):
+        if self.is_absolute(threshold, r.dtype):
             return r.abs()
         if self is Penalty.SQUARED:
             return r.square()
@@ -75,27 +76,32 @@ class Penalty(enum.Enum):
         huber = torch.sub(r, c, alpha=0.5).mul_(c)
         return huber if self is Penalty.HUBER else huber.div_(threshold)
 
-    def total(self, r: Tensor, threshold: float, c: Tensor) -> Tensor:
-        """Return Σ ρ(r), with a fused reduction and no temporary where one exists."""
-        if self.is_absolute(r, threshold):
-            return torch.linalg.vector_norm(r, 1)
-        if self is Penalty.SQUARED:
-            return torch.linalg.vector_norm(r).square()
-        huber = torch.sub(r, c, alpha=0.5).mul_(c).sum()
+    def total_over(self, r: Tensor, threshold: float, c: Tensor) -> Tensor:
+        """Return Σ ρ(r) for Huber and smooth L1, given c; overwrites ``r``."""
+        huber = r.sub_(c, alpha=0.5).mul_(c).sum()
         return huber if self is Penalty.HUBER else huber / threshold
 
-    def scaled_derivative(self, r: Tensor, threshold: float, c: Tensor, scale: Tensor) -> Tensor:
-        """Return ρ'(r) · scale elementwise, with the subgradient 0 at the kink of |r|."""
+    def distance_total(self, x: Tensor, y: Tensor, threshold: float) -> Tensor:
+        """Return Σ ρ(x − y) for L1 and squared error as one fused distance, ‖x − y‖₁ or ‖x − y‖₂²."""
+        if self.is_absolute(threshold, x.dtype):
+            return torch.dist(x, y, 1)
+        return torch.dist(x, y).square()
+
+    def scaled_derivative(
+        self, r: Tensor, threshold: float, c: Tensor, scale: Tensor, *, overwrite: bool
+    ) -> Tensor:
+        """Return ρ'(r) · scale elementwise, with the subgradient 0 at the kink of |r|.
+
+        ``overwrite`` allows writing the result over ``r``, a temporary of the caller.
+        """
+        # Under vmap, r may be unbatched while scale is batched, and then the
+        # product cannot be written into r in place.
+        overwrite = overwrite and not torch._C._are_functorch_transforms_active()
         if self is Penalty.SQUARED:
-            return r * (2 * scale)
-        if self.is_absolute(r, threshold):
+            return r.mul_(2 * scale) if overwrite else r * (2 * scale)
+        if self.is_absolute(threshold, r.dtype):
             # sign(0) = 0. Smooth L1 with β = 0 is exactly L1 and never divides by β.
-            derivative = r.sign()
-            # Under vmap, r may be unbatched while scale is batched, and then the
-            # product cannot be written into the temporary in place.
-            if torch._C._are_functorch_transforms_active():
-                return derivative * scale
-            return derivative.mul_(scale)
+            return r.sign_().mul_(scale) if overwrite else r.sign() * scale
         # Huber: r inside |r| ≤ δ, δ·sign(r) beyond, which is c.
         # Smooth L1: r/β inside |r| < β, sign(r) beyond, which is c/β.
         return c * scale if self is Penalty.HUBER else c * (scale / threshold)
@@ -122,12 +128,19 @@ class RegressionFunction(torch.autograd.Function):
         weight_sum_mean: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         dtype = accumulate_dtype(input.dtype)
-        r = input.to(dtype) - target.to(dtype)
+        x, y = input.to(dtype), target.to(dtype)
+        denominator = _denominator(x, weight, reduction, weight_sum_mean)
+        if _reduces_by_distance(penalty, threshold, dtype, weight, reduction):
+            # No residual in memory: backward recomputes it from input and target.
+            total = penalty.distance_total(x, y, threshold)
+            value = reduce_loss(total, reduction, denominator, dtype=input.dtype)
+            return value, x.new_empty(0), x.new_empty(0)
+        r = x - y
         c = penalty.clip(r, threshold)
-        denominator = _denominator(r, weight, reduction, weight_sum_mean)
         if weight is None and reduction != "none":
-            total = penalty.total(r, threshold, c)
-            return reduce_loss(total, reduction, denominator, dtype=input.dtype), r, c
+            # Huber or smooth L1, whose backward needs only c: r is free to overwrite.
+            total = penalty.total_over(r, threshold, c)
+            return reduce_loss(total, reduction, denominator, dtype=input.dtype), x.new_empty(0), c
         loss = penalty.evaluate(r, threshold, c)
         if weight is not None:
             loss = loss * weight.to(dtype)
@@ -140,12 +153,16 @@ class RegressionFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(r, c)
         # No zero-filled gradients for r and c, which nothing differentiates.
         ctx.set_materialize_grads(False)
-        # Huber and smooth L1 need only c, unless the weight's gradient needs ρ(r).
-        weight_grad = weight is not None and ctx.needs_input_grad[2]
-        keep_r = weight_grad or not penalty.is_clipped(r, threshold)
-        ctx.save_for_backward(r if keep_r else None, c, weight, value)
+        dtype = r.dtype
+        if _reduces_by_distance(penalty, threshold, dtype, weight, reduction):
+            ctx.save_for_backward(input, target, None, c, weight, value)
+        else:
+            # Huber and smooth L1 need only c, unless the weight's gradient needs ρ(r).
+            weight_grad = weight is not None and ctx.needs_input_grad[2]
+            keep_r = weight_grad or not penalty.is_clipped(threshold, dtype)
+            ctx.save_for_backward(None, None, r if keep_r else None, c, weight, value)
         ctx.options = (penalty, threshold, reduction, weight_sum_mean)
-        ctx.dtypes = (input.dtype, target.dtype, r.dtype)
+        ctx.dtypes = (input.dtype, target.dtype, dtype)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor, _grad_r: Tensor, _grad_c: Tensor):
@@ -153,9 +170,12 @@ class RegressionFunction(torch.autograd.Function):
         if grad_output is None:
             # Without materialized gradients an unused loss arrives as None.
             return None, None, None, None, None, None, None
-        r, c, weight, value = ctx.saved_tensors
+        input, target, r, c, weight, value = ctx.saved_tensors
         penalty, threshold, reduction, weight_sum_mean = ctx.options
         input_dtype, target_dtype, dtype = ctx.dtypes
+        recomputed = input is not None
+        if recomputed:
+            r = input.to(dtype) - target.to(dtype)
         # Only the shape, dtype and device of r are used when r was not saved.
         residual = r if r is not None else c
         denominator = _denominator(residual, weight, reduction, weight_sum_mean)
@@ -168,7 +188,9 @@ class RegressionFunction(torch.autograd.Function):
         # grad_output), and N or Σw for mean.
         grad_input = grad_target = grad_weight = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_r = penalty.scaled_derivative(residual, threshold, c, scale)
+            grad_r = penalty.scaled_derivative(
+                residual, threshold, c, scale, overwrite=recomputed
+            )
             if weight is not None:
                 grad_r = grad_r * weight.to(dtype)
             if ctx.needs_input_grad[0]:
@@ -186,6 +208,14 @@ class RegressionFunction(torch.autograd.Function):
                 rho = rho - value.to(dtype)
             grad_weight = (rho * scale).to(weight.dtype)
         return grad_input, grad_target, grad_weight, None, None, None, None
+
+
+def _reduces_by_distance(
+    penalty: Penalty, threshold: float, dtype: torch.dtype, weight: Tensor | None, reduction: str
+) -> bool:
+    """Tell whether the loss is an unweighted L1 or squared-error sum or mean."""
+    unweighted_total = weight is None and reduction != "none"
+    return unweighted_total and not penalty.is_clipped(threshold, dtype)
 
 
 def _denominator(

@@ -990,3 +990,15 @@ def test_kl_div_reduced_nan_input_gives_nan():
     input = torch.tensor([[float("nan"), -1.0]], dtype=torch.float64)
     target = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
     assert torch.isnan(lossgrad.kl_div(input, target, reduction="sum"))
+
+
+@pytest.mark.parametrize("module, function", [(KDLoss, lossgrad.kd_loss), (JSDivLoss, lossgrad.js_div)])
+def test_row_loss_modules_pass_inplace_backward(module, function):
+    weights = randn(4, 6, dtype=torch.float32, seed=87)
+    teacher = randn(4, 6, dtype=torch.float32, seed=88, requires_grad=False)
+    (expected_grad,) = grads_of(function(weights.clone(), teacher), [weights])
+    logits = weights.clone()
+    loss = module(inplace_backward=True)(logits, teacher)
+    assert_close(logits.detach(), expected_grad, "logits after forward", kind="grad")
+    (grad,) = grads_of(loss, [weights])
+    assert_close(grad, expected_grad, "grad", kind="grad")

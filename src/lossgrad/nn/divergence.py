@@ -62,6 +62,9 @@ class KDLoss(torch.nn.Module):
         ignore_index: rows whose target equals it drop out. Default: ``-100``.
         reduction: ``'batchmean'``, ``'sum'`` or ``'none'``.
             Default: ``'batchmean'``.
+        inplace_backward: write the gradient over the student logits in the
+            forward pass, which destroys them; see :func:`lossgrad.kd_loss`.
+            Default: ``False``.
 
     ``forward(student_logits, teacher_logits, target=None)`` takes the shapes
     of :func:`lossgrad.kd_loss`.
@@ -78,12 +81,15 @@ class KDLoss(torch.nn.Module):
         alpha: float = 0.9,
         ignore_index: int = -100,
         reduction: str = "batchmean",
+        *,
+        inplace_backward: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.alpha = check_in_range("alpha", alpha, 0.0, 1.0)
         self.ignore_index = ignore_index
         self.reduction = check_row_reduction("kd_loss", reduction)
+        self.inplace_backward = inplace_backward
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None
@@ -96,6 +102,7 @@ class KDLoss(torch.nn.Module):
             alpha=self.alpha,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
+            inplace_backward=self.inplace_backward,
         )
 
 
@@ -109,6 +116,9 @@ class JSDivLoss(torch.nn.Module):
         ignore_index: rows whose target equals it drop out. Default: ``-100``.
         reduction: ``'batchmean'``, ``'sum'`` or ``'none'``.
             Default: ``'batchmean'``.
+        inplace_backward: write the gradient over the student logits in the
+            forward pass, which destroys them; see :func:`lossgrad.js_div`.
+            Default: ``False``.
 
     ``forward(student_logits, teacher_logits, target=None)`` takes the shapes
     of :func:`lossgrad.js_div`.
@@ -125,12 +135,15 @@ class JSDivLoss(torch.nn.Module):
         temperature: float = 1.0,
         ignore_index: int = -100,
         reduction: str = "batchmean",
+        *,
+        inplace_backward: bool = False,
     ) -> None:
         super().__init__()
         self.beta = check_in_range("beta", beta, 0.0, 1.0)
         self.temperature = check_positive("temperature", temperature)
         self.ignore_index = ignore_index
         self.reduction = check_row_reduction("js_div", reduction)
+        self.inplace_backward = inplace_backward
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None
@@ -143,4 +156,5 @@ class JSDivLoss(torch.nn.Module):
             temperature=self.temperature,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
+            inplace_backward=self.inplace_backward,
         )

@@ -1083,3 +1083,18 @@ def test_installed_script_runs() -> None:
     assert closed.wait(timeout=120) == 141
     assert b"Traceback" not in closed.stderr.read()
     closed.stderr.close()
+
+
+def test_values_reject_empty_number_between_commas() -> None:
+    from lossgrad.explain._values import UsageError, Values
+
+    with pytest.raises(UsageError, match="empty number in '1,,2'"):
+        Values({"input": "1,,2"}).rows("input")
+    with pytest.raises(UsageError, match="empty row"):
+        Values({"input": "1,2;;3,4"}).rows("input")
+
+
+def test_minus_sign_hint_names_the_option(capsys) -> None:
+    code, _, err = explain(capsys, "mse_loss", "--input", "-1,2")
+    assert code == 2
+    assert "--input=-1,2" in err

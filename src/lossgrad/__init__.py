@@ -8,6 +8,7 @@ signatures, so swapping the import is enough::
     loss = LF.cross_entropy(logits, target, label_smoothing=0.1)
 """
 
+from . import nn
 from ._formula import FORMULAS, Formula
 from ._losses.classification import *  # noqa: F401,F403
 from ._losses.divergence import *  # noqa: F401,F403

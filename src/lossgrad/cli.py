@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 
 __all__ = ["main"]
 
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log debug messages"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version('lossgrad')}"
     )
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=OneLineErrorParser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import os
 import sys
@@ -47,7 +48,9 @@ def reject(message: str) -> NoReturn:
     """Print one error line and exit with the usage exit code."""
     if message.endswith("expected one argument"):
         # argparse reads a value with a leading minus sign as an option.
-        message += "; write a value that starts with a minus sign as --target=-1,2"
+        option = re.search(r"argument (--[\w-]+)", message)
+        flag = option.group(1) if option else "--input"
+        message += f"; write a value that starts with a minus sign as {flag}=-1,2"
     print(f"lossgrad explain: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
 

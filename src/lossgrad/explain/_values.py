@@ -7,6 +7,8 @@ Tensors are written as numbers separated by ``,`` with rows separated by ``;``.
 
 from __future__ import annotations
 
+import re
+
 import math
 from dataclasses import dataclass
 
@@ -100,7 +102,10 @@ OPTIONS: tuple[Option, ...] = (
         "js_div and linear_kd_loss: the teacher's mixture weight",
     ),
     Option("delta", "the residual size where Huber turns from quadratic to linear"),
-    Option("label_smoothing", "the probability mass spread evenly over all classes"),
+    Option(
+        "label_smoothing",
+        "the probability mass spread evenly over the classes whose logit is not -inf",
+    ),
     Option("ignore_index", "a target class index whose rows are left out"),
     Option("eps", "the small constant of the loss (see its formula)"),
     Option("p", "the norm degree of the triplet distance"),
@@ -153,10 +158,17 @@ class Values:
         if not text:
             raise UsageError(f"{flag_of(key)}: expected {TENSOR_HELP}, got an empty value")
         rows = []
-        for row_text in text.strip(";").split(";"):
-            cells = [cell for cell in row_text.replace(" ", ",").split(",") if cell]
-            if not cells:
+        # One trailing ';' or ',' is allowed, as in a Python list. An empty
+        # field inside (1,,2 or 1;;2) is a typo, not a number to skip.
+        for row_text in text.removesuffix(";").split(";"):
+            row_text = row_text.strip().removesuffix(",").strip()
+            if not row_text:
                 raise UsageError(f"{flag_of(key)}: expected {TENSOR_HELP}, got an empty row")
+            cells = re.split(r"\s*,\s*|\s+", row_text)
+            if "" in cells:
+                raise UsageError(
+                    f"{flag_of(key)}: expected {TENSOR_HELP}, got an empty number in {row_text!r}"
+                )
             rows.append([parse_number(key, cell) for cell in cells])
         lengths = sorted({len(row) for row in rows})
         if len(lengths) > 1:

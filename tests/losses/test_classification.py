@@ -1067,3 +1067,17 @@ def test_binary_losses_func_grad_and_vmap():
         got = torch.func.vmap(torch.func.grad(ours))(logits, target)
         want = torch.func.vmap(torch.func.grad(reference))(logits, target)
         assert_close(got, want, f"vmap(grad) of binary loss {index}")
+
+
+def test_bce_with_logits_infinite_logit_with_matching_label_is_zero():
+    """0 · softplus(±inf) is taken as 0: a certain, correct prediction costs nothing."""
+    logits = torch.tensor([float("-inf"), float("inf"), float("-inf")], requires_grad=True)
+    target = torch.tensor([0.0, 1.0, 1.0])
+
+    loss = lossgrad.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    (grad,) = torch.autograd.grad(loss[:2].sum(), logits)
+
+    assert loss[0].item() == 0.0
+    assert loss[1].item() == 0.0
+    assert loss[2].item() == float("inf")
+    assert torch.equal(grad, torch.zeros(3))

@@ -507,9 +507,13 @@ class _BCEWithLogitsFunction(torch.autograd.Function):
         softplus_pos = torch.relu(x).add_(tail)
         sigmoid = torch.sigmoid(x)
         positive = y if pos_weight is None else pos_weight.to(compute) * y
-        loss = positive * softplus_neg + (1 - y) * softplus_pos
+        negative = 1 - y
+        # A term whose coefficient is 0 is 0 even where its softplus is +inf
+        # (x = ±inf with the matching label), so the loss is 0 there, not NaN.
+        loss = torch.where(positive == 0, 0.0, positive * softplus_neg)
+        loss += torch.where(negative == 0, 0.0, negative * softplus_pos)
         # ∂ℓ/∂x = −pw·y·σ(−x) + (1 − y)·σ(x) = (pw·y + 1 − y)·σ(x) − pw·y
-        grad = (positive + 1 - y).mul_(sigmoid).sub_(positive)
+        grad = (positive + negative).mul_(sigmoid).sub_(positive)
         if weight is not None:
             w = weight.to(compute)
             loss = loss * w

@@ -88,6 +88,20 @@ CASES: dict[str, Callable[[torch.Generator], tuple[list[torch.Tensor], Callable]
         [torch.randn(N, D, generator=g), torch.randn(N, D, generator=g)],
         lambda q, k: lossgrad.info_nce(q, k, temperature=0.1, symmetric=True),
     ),
+    "linear_cross_entropy": lambda g: (
+        [torch.randn(N, D, generator=g), torch.randn(V, D, generator=g)],
+        lambda x, w: lossgrad.linear_cross_entropy(x, w, _classes(3), label_smoothing=0.1),
+    ),
+    "linear_kd_loss_js": lambda g: (
+        [torch.randn(N, D, generator=g), torch.randn(V, D, generator=g)],
+        lambda x, w, t=torch.randn(N, D, generator=g), tw=torch.randn(V, D, generator=g): (
+            lossgrad.linear_kd_loss(x, w, t, tw, _classes(4), divergence="js", beta=0.3)
+        ),
+    ),
+    "linear_kd_loss_kl": lambda g: (
+        [torch.randn(N, D, generator=g), torch.randn(V, D, generator=g)],
+        lambda x, w, t=torch.randn(N, D, generator=g), tw=torch.randn(V, D, generator=g): (
+            lossgrad.linear_kd_loss(x, w, t, tw, _classes(5), temperature=2.0, alpha=0.6)
+        ),
+    ),
 }
-
-

@@ -48,6 +48,7 @@ from .._checks import (
     check_tensor,
 )
 from .._formula import Formula, documented
+from .._kernels import triton_ops
 from .._kernels.cross_entropy_rule import cross_entropy_rule, mean_denominator
 from .._kernels.distill_rule import js_rule, kd_rule
 from .._kernels.rows import RowRule, fused_rows
@@ -174,13 +175,16 @@ def _walk_chunks(
     chunk_size: int,
     rule_for_chunk: Callable[[slice, Tensor], RowRule],
     grads: _Gradients | None,
+    triton_for_chunk: Callable[[slice, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> Tensor:
     """Run the chunked head over ``input`` (``N x H``); return each row's loss.
 
     ``rule_for_chunk(rows, logits)`` builds the row rule of the chunk ``rows``
-    once its logits are computed. When ``grads`` is given, each chunk's
-    ``∂ℓ/∂z`` goes through the matmuls into it; otherwise only the losses
-    are computed.
+    once its logits are computed. ``triton_for_chunk(rows, logits)``, where
+    given, computes the same (loss, ∂ℓ/∂z) with a Triton kernel in place of
+    the logits and is used where ``triton_ops.use_triton`` allows it. When
+    ``grads`` is given, each chunk's ``∂ℓ/∂z`` goes through the matmuls into
+    it; otherwise only the losses are computed.
     """
     N = input.shape[0]
     V = weight.shape[0]
@@ -193,9 +197,15 @@ def _walk_chunks(
         # One rule call per chunk keeps the number of tensor ops small. For a
         # large vocabulary, cache-sized pieces are a few rows each, and on a
         # 2-core CPU their per-op overhead measured larger than the cache gain.
-        loss, dz = fused_rows(
-            logits, rule_for_chunk(rows, logits), inplace=True, chunk_bytes=4 * logits.numel()
-        )
+        if triton_for_chunk is not None and triton_ops.use_triton(logits):
+            loss, dz = triton_for_chunk(rows, logits)
+        else:
+            loss, dz = fused_rows(
+                logits,
+                rule_for_chunk(rows, logits),
+                inplace=True,
+                chunk_bytes=4 * logits.numel(),
+            )
         losses.append(loss)
         if grads is not None:
             _add_chunk_gradients(grads, rows, dz, x, weight)
@@ -319,8 +329,27 @@ def _cross_entropy_walk(
             z_parts=z_parts,
         )
 
+    def triton_for_chunk(rows: slice, logits: Tensor) -> tuple[Tensor, Tensor]:
+        return triton_ops.cross_entropy_rows(
+            logits,
+            target[rows],
+            weight,
+            ignore_index=options.ignore_index,
+            label_smoothing=options.label_smoothing,
+            inplace=True,
+        )
+
+    # NOTE: the Triton kernel has no soft-capping, z-loss or per-row scale, so
+    # heads that use one of them run their chunks through PyTorch ops on CUDA.
+    plain = options.softcap is None and options.z_loss == 0 and row_scale is None
     loss = _walk_chunks(
-        input, linear_weight, linear_bias, options.chunk_size, rule_for_chunk, grads
+        input,
+        linear_weight,
+        linear_bias,
+        options.chunk_size,
+        rule_for_chunk,
+        grads,
+        triton_for_chunk if plain else None,
     )
     z_part = torch.cat(z_parts) if z_parts else torch.zeros_like(loss)
     return loss, z_part
@@ -728,10 +757,36 @@ def _distill_walk(
     V = teacher_weight.shape[0]
     teacher_buffer = teacher_input.new_empty((min(options.chunk_size, N), V))  # chunk x V
 
-    def rule_for_chunk(rows: slice, logits: Tensor) -> RowRule:
-        teacher = _project(
+    def teacher_chunk(rows: slice, logits: Tensor) -> Tensor:
+        return _project(
             teacher_input[rows], teacher_weight, None, teacher_buffer[: logits.shape[0]]
         )
+
+    def triton_for_chunk(rows: slice, logits: Tensor) -> tuple[Tensor, Tensor]:
+        teacher = teacher_chunk(rows, logits)
+        chunk_target = None if target is None else target[rows]
+        if options.divergence == "kl":
+            return triton_ops.kd_rows(
+                logits,
+                teacher,
+                chunk_target,
+                temperature=options.temperature,
+                alpha=options.alpha,
+                ignore_index=options.ignore_index,
+                inplace=True,
+            )
+        return triton_ops.js_rows(
+            logits,
+            teacher,
+            chunk_target,
+            temperature=options.temperature,
+            beta=options.beta,
+            ignore_index=options.ignore_index,
+            inplace=True,
+        )
+
+    def rule_for_chunk(rows: slice, logits: Tensor) -> RowRule:
+        teacher = teacher_chunk(rows, logits)
         chunk_target = None if target is None else target[rows]
         if options.divergence == "kl":
             return kd_rule(
@@ -750,7 +805,13 @@ def _distill_walk(
         )
 
     return _walk_chunks(
-        student_input, student_weight, None, options.chunk_size, rule_for_chunk, grads
+        student_input,
+        student_weight,
+        None,
+        options.chunk_size,
+        rule_for_chunk,
+        grads,
+        triton_for_chunk,
     )
 
 

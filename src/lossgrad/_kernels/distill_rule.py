@@ -17,6 +17,7 @@ infinite, which is the convention 0 · log 0 = 0 of the KL divergence.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import Tensor
@@ -76,17 +77,22 @@ class _Buffers:
     A fresh ``chunk x V`` tensor per operation costs an allocation and, for
     a size above glibc's mmap threshold, page faults on every first touch.
     Under torch.compile and torch.func transforms :meth:`take` returns None
-    and the rules use out-of-place operations instead.
+    and the rules use out-of-place operations instead. Each thread gets its
+    own buffers, so that a rule may run chunks in several threads at once.
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[str, Tensor] = {}
+        # Made on first use, because torch.compile cannot trace threading.local.
+        self._local: threading.local | None = None
 
     def take(self, name: str, like: Tensor) -> Tensor | None:
         """Return a buffer with the shape, dtype and device of ``like``, or None."""
         if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
             return None
-        buffer = self._buffers.get(name)
+        if self._local is None:
+            self._local = threading.local()
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        buffer = buffers.get(name)
         if (
             buffer is None
             or buffer.shape[0] < like.shape[0]
@@ -95,7 +101,7 @@ class _Buffers:
             or buffer.device != like.device
         ):
             buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
-            self._buffers[name] = buffer
+            buffers[name] = buffer
         return buffer[: like.shape[0]]
 
 
@@ -192,11 +198,11 @@ def _add_product(out: Tensor, e: Tensor, factor: Tensor) -> None:
 def _dot_(e: Tensor, value: Tensor) -> Tensor:
     """Return Σ_j e_j · value_j per row (``chunk x 1``), a term with e_j = 0 adding 0.
 
-    One fused pass where it can: a NaN in that dot product comes from
-    0 · ±inf (or a NaN logit), and only then, which is found by reading the
-    row results on the CPU, is the sum redone with :func:`_weighted_`. That
-    overwrites ``value``. Off the CPU and under torch.compile or torch.func
-    the two-pass form is always used.
+    On the CPU it is one fused pass. A NaN in that dot product comes from
+    0 · ±inf or from a NaN logit, so only when the row results contain a
+    NaN is the sum redone with :func:`_weighted_`, which overwrites
+    ``value``. Off the CPU and under torch.compile or torch.func the masked
+    sum is always used.
     """
     reads_values = e.device.type == "cpu" and not (
         torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
@@ -221,8 +227,8 @@ def _counted_weights(target: Tensor | None, ignore_index: int, dtype: torch.dtyp
 def _may_ignore(weights: Tensor | None) -> bool:
     """Return whether some row may be ignored, reading the weights only on the CPU.
 
-    Under torch.compile and torch.func transforms, and off the CPU, the answer
-    is True without reading values.
+    Under torch.compile and torch.func transforms, and off the CPU, it returns
+    True without reading values.
     """
     if weights is None:
         return False
@@ -397,9 +403,9 @@ def js_rule(
         teacher_rows = _teacher_chunk(teacher, rows, x, buffers)
         z_t, e_t, total_t, m_t = _shifted(teacher_rows, T, buffers, "teacher")
         safe_s, safe_t = _safe(total_s), _safe(total_t)
-        # Within machine epsilon of an end, where dividing by β or 1 − β is
-        # not safe (β may be subnormal), the first-order term β(1 − β) · KL
-        # is used; it differs from the formula by a relative O(β).
+        # Within machine epsilon of an end, dividing by β or 1 − β is not
+        # safe because β may be subnormal. There the first-order term
+        # β(1 − β) · KL is used, which differs from the formula by a relative O(β).
         weight = 1.0 if beta in (0.0, 1.0) else beta * (1.0 - beta)
 
         # The branches give J and ∂J/∂z at z = s/T. The loss is T² J, and

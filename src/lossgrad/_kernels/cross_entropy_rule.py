@@ -276,16 +276,21 @@ def _fused_class_index_rule(
     kept_all = target != ignore_index  # N
     safe_all = torch.where(kept_all, target, 0).long().unsqueeze(-1)  # N x 1, int64 for gather
     ignored_all = ~kept_all.unsqueeze(-1)  # N x 1
-    factors: list[Tensor] = []  # the factor c per row (N x 1), made on the first call
+    factors: dict[torch.dtype, Tensor] = {}  # the factor c per row (N x 1) by dtype
 
     def rule(rows: slice, x: Tensor, out: Tensor) -> Tensor:
         m = x.amax(dim=-1, keepdim=True)  # chunk x 1
         if not math.isfinite(m.sum().item()):
             return general(rows, x, out)
-        if not factors:
+        factor = factors.get(x.dtype)
+        if factor is None:
+            # Made on the first call, when the dtype is known. Two threads may
+            # both make it; setdefault keeps one of the equal results.
             factor = kept_all.to(x.dtype).unsqueeze(-1)
-            factors.append(factor if grad_scale is None else factor * grad_scale)
-        c = factors[0][rows]  # chunk x 1
+            if grad_scale is not None:
+                factor = factor * grad_scale
+            factor = factors.setdefault(x.dtype, factor)
+        c = factor[rows]  # chunk x 1
         y = safe_all[rows]
 
         torch.sub(x, m, out=out)  # x − m; x is not read after this

@@ -200,7 +200,14 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 grad_scale=_mean_factor(reduction, denominator),
                 fused=True,
             )
-            row_loss, grad = fused_rows(logits, rule, inplace=inplace, chunk_bytes=_CHUNK_BYTES)
+            row_loss, grad = fused_rows(
+                logits,
+                rule,
+                inplace=inplace,
+                chunk_bytes=_CHUNK_BYTES,
+                huge_pages=True,
+                threads=torch.get_num_threads(),
+            )
         loss = _reduce(row_loss, reduction, denominator, logits.dtype)
         if inplace:
             # The gradient now lives in ``logits``; setup_context keeps that tensor.

@@ -147,12 +147,15 @@ class KLDivSavedGradFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         _, grad = output
         ctx.mark_non_differentiable(grad)
+        # Without this, autograd passes backward a zero tensor of the input's
+        # size as the gradient of ``grad``, which nothing differentiates.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(grad)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor, _grad_of_grad: Tensor):
         refuse_double_backward("kl_div")
-        if not ctx.needs_input_grad[0]:
+        if grad_output is None or not ctx.needs_input_grad[0]:
             return None, None, None, None
         (grad,) = ctx.saved_tensors
         return _scale_by_grad_output(grad, grad_output.to(grad.dtype)), None, None, None
@@ -444,6 +447,9 @@ class DistillRowsFunction(torch.autograd.Function):
         student, _, _, loss, inplace = inputs
         _, grad, count = output
         ctx.mark_non_differentiable(grad, count)
+        # Without this, autograd passes backward a zero tensor of the logits'
+        # size as the gradient of ``grad``, which nothing differentiates.
+        ctx.set_materialize_grads(False)
         ctx.loss = loss
         ctx.student_shape = student.shape
         ctx.inplace = inplace
@@ -458,7 +464,7 @@ class DistillRowsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_value: Tensor, _grad_rows: Tensor, _grad_count: Tensor):
         refuse_double_backward(ctx.loss.name)
-        if not ctx.needs_input_grad[0]:
+        if grad_value is None or not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         if ctx.inplace:
             if ctx.student._version != ctx.student_version:

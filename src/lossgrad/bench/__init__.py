@@ -69,8 +69,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "elementwise, embedding, linear). Defaults: softmax N=4096 V=32000, "
         "elementwise E=1048576, embedding N=4096 D=256, linear N=2048 H=512 V=32000",
     )
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="input dtype")
-    parser.add_argument("--device", choices=("cpu",), default="cpu", help="device (CPU only)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default=None,
+        help="input dtype (default: float32 on cpu, bfloat16 on cuda)",
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu",
+        help="cpu: every loss against eager and torch.compile; cuda: the softmax family on "
+        "the Triton kernels against eager, torch.compile and Liger-Kernel, with bandwidth "
+        "(N=16384, V=131072 bf16 unless --sizes and --dtype say otherwise)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None,
         help="torch intra-op threads for every variant and memory process "
@@ -144,7 +152,7 @@ def command_line(args: argparse.Namespace) -> list[str]:
         words += ["--losses", *args.losses]
     if args.sizes:
         words += ["--sizes", *args.sizes]
-    words += ["--dtype", args.dtype, "--device", args.device, "--repeats", str(args.repeats)]
+    words += ["--dtype", _dtype(args), "--device", args.device, "--repeats", str(args.repeats)]
     if args.threads is not None:
         words += ["--threads", str(args.threads)]
     words += ["--out", str(args.out)]
@@ -163,10 +171,12 @@ def main(args: argparse.Namespace) -> int:
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
         command = shlex.join(command_line(args))
+        if args.device == "cuda":
+            return _main_cuda(args, sizes)
         run(
             args.losses,
             sizes=sizes,
-            dtype=args.dtype,
+            dtype=_dtype(args),
             repeats=args.repeats,
             out=args.out,
             memory=not args.no_memory,
@@ -180,3 +190,34 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")
     return 0
+
+
+def _main_cuda(args: argparse.Namespace, sizes: dict[str, dict[str, int]]) -> int:
+    """Run the GPU benchmark of :mod:`lossgrad.bench.gpu`."""
+    import torch
+
+    from .gpu import run_gpu_benchmark
+
+    softmax = {**sizes.get("*", {}), **sizes.get("softmax", {})}
+    dtype = _dtype(args)
+    try:
+        run_gpu_benchmark(
+            rows=softmax.get("N", 16384),
+            classes=softmax.get("V", 131072),
+            dtype=getattr(torch, dtype),
+            repeats=max(args.repeats, 5),
+            losses=args.losses,
+            out=args.out,
+        )
+    except RuntimeError as error:
+        print(f"lossgrad bench: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out / 'gpu-results.md'} and {args.out / 'gpu-results.json'}")
+    return 0
+
+
+def _dtype(args: argparse.Namespace) -> str:
+    """Return the dtype asked for, or the device's default."""
+    if args.dtype is not None:
+        return args.dtype
+    return "bfloat16" if args.device == "cuda" else "float32"

@@ -229,7 +229,11 @@ def _linear_then_cross_entropy(hidden, weight, target):
 
 
 def _torch_linear_cross_entropy(hidden, weight, target):
-    return F.linear_cross_entropy(hidden, weight, target)
+    # Without options PyTorch 2.13 takes its unchunked reference path; the
+    # default options select its chunked one, the peer that saves memory.
+    return F.linear_cross_entropy(
+        hidden, weight, target, options=torch.nn.LinearCrossEntropyOptions()
+    )
 
 
 def _torch_peer(name: str, **options) -> Callable[..., Tensor]:

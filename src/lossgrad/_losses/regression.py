@@ -22,6 +22,7 @@ from .._checks import (
     check_positive,
     check_reduction,
     check_same_shape,
+    check_tensor,
     should_validate_values,
     to_input_dtype,
 )
@@ -238,8 +239,17 @@ def _apply(
     weight: Tensor | None = None,
     weight_sum_mean: bool = True,
 ) -> Tensor:
-    """Validate the arguments shared by the family and apply the Function."""
+    """Validate the arguments shared by the family and apply the Function.
+
+    Like PyTorch, L1, MSE and smooth L1 promote a floating input and target of
+    different dtypes to their common dtype (float32 and float64 give a float64
+    loss); Huber, as in PyTorch, casts the target to the input's dtype.
+    """
     check_float_tensor("input", input)
+    check_tensor("target", target)
+    if penalty is not Penalty.HUBER and target.is_floating_point():
+        common = torch.promote_types(input.dtype, target.dtype)
+        input, target = input.to(common), target.to(common)
     target = to_input_dtype("target", target, input)
     check_same_shape(input, target)
     check_reduction(reduction)
@@ -297,7 +307,8 @@ def l1_loss(
 
     Shape:
         - input: ``(*)``, any number of dimensions.
-        - target: ``(*)``, the input's shape; integer targets are cast to the input's dtype.
+        - target: ``(*)``, the input's shape; integer targets are cast to the input's dtype,
+          and a floating target of another dtype promotes both, as in PyTorch.
         - weight: ``(*)``, the input's shape.
         - output: a scalar, or ``(*)`` with ``reduction='none'``.
 
@@ -355,7 +366,8 @@ def mse_loss(
 
     Shape:
         - input: ``(*)``, any number of dimensions.
-        - target: ``(*)``, the input's shape; integer targets are cast to the input's dtype.
+        - target: ``(*)``, the input's shape; integer targets are cast to the input's dtype,
+          and a floating target of another dtype promotes both, as in PyTorch.
         - weight: ``(*)``, the input's shape.
         - output: a scalar, or ``(*)`` with ``reduction='none'``.
 
@@ -491,7 +503,8 @@ def smooth_l1_loss(
 
     Shape:
         - input: ``(*)``, any number of dimensions.
-        - target: ``(*)``, the input's shape; integer targets are cast to the input's dtype.
+        - target: ``(*)``, the input's shape; integer targets are cast to the input's dtype,
+          and a floating target of another dtype promotes both, as in PyTorch.
         - output: a scalar, or ``(*)`` with ``reduction='none'``.
 
     Example::

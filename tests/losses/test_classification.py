@@ -1034,6 +1034,24 @@ def test_modules_match_functions():
 
 
 @pytest.mark.parametrize(
+    ("module", "options", "error", "message"),
+    [
+        ("CrossEntropyLoss", {"label_smoothing": 1.5}, ValueError, "label_smoothing"),
+        ("CrossEntropyLoss", {"reduction": "avg"}, ValueError, "reduction"),
+        ("CrossEntropyLoss", {"ignore_index": 1.0}, TypeError, "ignore_index"),
+        ("CrossEntropyLoss", {"weight": torch.tensor([1, 2])}, TypeError, "weight"),
+        ("CrossEntropyLoss", {"size_average": True}, ValueError, "size_average"),
+        ("BCEWithLogitsLoss", {"pos_weight": torch.tensor([1, 2])}, TypeError, "pos_weight"),
+        ("BCEWithLogitsLoss", {"reduction": "batchmean"}, ValueError, "reduction"),
+        ("BCELoss", {"reduce": False}, ValueError, "reduce"),
+    ],
+)
+def test_modules_check_options_when_built(module, options, error, message):
+    with pytest.raises(error, match=message):
+        getattr(lossgrad.nn, module)(**options)
+
+
+@pytest.mark.parametrize(
     "function",
     [
         lossgrad.cross_entropy,

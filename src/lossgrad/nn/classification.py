@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .._checks import (
+    check_float_tensor,
+    check_in_range,
+    check_no_legacy_reduction,
+    check_reduction,
+)
 from .._losses.classification import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -30,6 +36,12 @@ class CrossEntropyLoss(nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        _check_options(size_average, reduce, reduction, weight=weight)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(
+                f"ignore_index: expected an int, got {type(ignore_index).__name__}"
+            )
+        check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
         self.register_buffer("weight", weight)
         self.size_average = size_average
         self.reduce = reduce
@@ -65,6 +77,7 @@ class BCEWithLogitsLoss(nn.Module):
         pos_weight: Tensor | None = None,
     ) -> None:
         super().__init__()
+        _check_options(size_average, reduce, reduction, weight=weight, pos_weight=pos_weight)
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
         self.size_average = size_average
@@ -97,6 +110,7 @@ class BCELoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
+        _check_options(size_average, reduce, reduction, weight=weight)
         self.register_buffer("weight", weight)
         self.size_average = size_average
         self.reduce = reduce
@@ -111,3 +125,16 @@ class BCELoss(nn.Module):
             reduce=self.reduce,
             reduction=self.reduction,
         )
+
+
+def _check_options(size_average, reduce, reduction: object, **tensors: Tensor | None) -> None:
+    """Check a module's options when it is built, not first at its first call.
+
+    Shapes that depend on the input (the number of classes) are checked by
+    the function at each call.
+    """
+    check_no_legacy_reduction(size_average, reduce)
+    check_reduction(reduction)
+    for name, tensor in tensors.items():
+        if tensor is not None:
+            check_float_tensor(name, tensor)

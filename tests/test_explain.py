@@ -682,6 +682,25 @@ def test_steps_stop_when_loss_rejects_update(capsys) -> None:
     assert case["steps_stopped"].startswith("stopped before step 1: binary_cross_entropy:")
 
 
+def test_steps_stop_when_descent_diverges(capsys) -> None:
+    """With a huge learning rate the MSE steps overshoot to inf; the table stops there."""
+    report = explain_json(
+        capsys, "mse_loss", "--input", "1,2", "--target", "0,0", "--steps", "6", "--lr", "1e200"
+    )
+    case = report["cases"][0]
+    assert len(case["steps"]) < 7
+    assert not math.isfinite(case["steps"][-1]["loss"])
+    assert all(math.isfinite(step["loss"]) for step in case["steps"][:-1])
+    assert "diverged" in case["steps_stopped"]
+
+
+def test_kd_without_target_leaves_alpha_out(capsys) -> None:
+    report = explain_json(capsys, "kd_loss", "--input", "1,2", "--other", "2,1", "--alpha", "0.3")
+    case = report["cases"][0]
+    assert "alpha" not in case["options"]
+    assert any("alpha = 0.3 is not used" in note for note in case["read_as"])
+
+
 def test_steps_text_table(capsys) -> None:
     require("l1_loss")
     code, out, _ = explain(capsys, "l1_loss", "--input", "0.5", "--target", "0.7", "--steps", "2")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -29,8 +31,10 @@ def descend(
     """Run ``steps`` updates x ← x − η·∂ℓ/∂x on every input in ``case.wrt``.
 
     Returns ``steps + 1`` rows (the start and the state after each update)
-    and None, or fewer rows and the loss's error message when an update moved
-    an input where the loss rejects it (a probability past 1).
+    and None, or fewer rows and the reason for stopping: an update moved an
+    input where the loss rejects it (a probability past 1), or the loss or an
+    input stopped being finite (the learning rate is too large: the steps
+    overshoot more each time and diverge).
     """
     table: list[Step] = []
     for index in range(steps + 1):
@@ -41,6 +45,11 @@ def descend(
         inputs = {name: case.arguments[name].detach().clone() for name in case.wrt}
         watched = {name: value.detach() for name, value in explainer.watch(case).items()}
         table.append(Step(index, float(loss), inputs, watched))
+        if not _finite(float(loss), inputs.values()):
+            return table, (
+                f"stopped after step {index}: the loss or an input is no longer finite; "
+                f"learning rate {learning_rate:g} is too large here, so the steps diverged"
+            )
         if index == steps:
             break
         updated = {
@@ -48,3 +57,7 @@ def descend(
         }
         case = case.replace(**updated)
     return table, None
+
+
+def _finite(loss: float, inputs: Iterable[Tensor]) -> bool:
+    return math.isfinite(loss) and all(bool(value.isfinite().all()) for value in inputs)

@@ -91,8 +91,17 @@ def build_distillation(values: Values, **options: object) -> Case:
 
 
 def build_kd(values: Values) -> Case:
-    """Read the distillation inputs, ``--temperature`` (default 4) and ``--alpha`` (default 0.9)."""
-    return build_distillation(values, temperature=4.0, alpha=values.number("alpha", 0.9))
+    """Read the distillation inputs, ``--temperature`` (default 4) and ``--alpha`` (default 0.9).
+
+    Without a target kd_loss is the soft term alone and does not use alpha,
+    so the case leaves it out and says so.
+    """
+    alpha = values.number("alpha", 0.9)
+    case = build_distillation(values, temperature=4.0, alpha=alpha)
+    if "target" not in case.arguments:
+        del case.options["alpha"]
+        case.notes.append(f"alpha = {alpha:g} is not used: without a target only the soft term counts")
+    return case
 
 
 def build_js(values: Values) -> Case:
@@ -176,7 +185,7 @@ def kd_reference(case: Case) -> Tensor:
         case.arguments["teacher_logits"].detach(),
         case.arguments.get("target"),
         float(case.options["temperature"]),
-        float(case.options["alpha"]),
+        float(case.options.get("alpha", 1.0)),
         int(case.options["ignore_index"]),
     )
     return reduce_rows(per_row, case)

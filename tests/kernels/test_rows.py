@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 from helpers import assert_close
@@ -19,17 +22,29 @@ def _case(dtype=torch.float32):
     return logits, target
 
 
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Set PyTorch's intra-op thread count for a block, whatever the machine has."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("inplace", [False, True])
 def test_fused_rows_threads_match_one_thread(dtype, inplace):
     logits, target = _case(dtype)
     results = []
-    for threads in (1, 3):
+    for parallel in (False, True):
         rule = cross_entropy_rule(target, grad_scale=torch.tensor(0.5), fused=True)
         source = logits.clone()
-        loss, grad = fused_rows(
-            source, rule, inplace=inplace, chunk_bytes=4 * 50 * 2, threads=threads
-        )
+        with intra_op_threads(3):
+            loss, grad = fused_rows(
+                source, rule, inplace=inplace, chunk_bytes=4 * 50 * 2, parallel=parallel
+            )
         assert (grad is source) == inplace
         results.append((loss, grad))
     (loss_one, grad_one), (loss_threads, grad_threads) = results
@@ -39,10 +54,10 @@ def test_fused_rows_threads_match_one_thread(dtype, inplace):
 
 def test_fused_rows_threads_restore_setting():
     logits, target = _case()
-    before = torch.get_num_threads()
     rule = cross_entropy_rule(target, fused=True)
-    fused_rows(logits, rule, chunk_bytes=4 * 50 * 2, threads=2)
-    assert torch.get_num_threads() == before
+    with intra_op_threads(2):
+        fused_rows(logits, rule, chunk_bytes=4 * 50 * 2, parallel=True)
+        assert torch.get_num_threads() == 2
 
 
 def test_fused_rows_threads_keep_grad_mode_off():
@@ -50,8 +65,8 @@ def test_fused_rows_threads_keep_grad_mode_off():
     logits, target = _case()
     logits.requires_grad_(True)
     rule = cross_entropy_rule(target, fused=True)
-    with torch.no_grad():
-        loss, grad = fused_rows(logits, rule, chunk_bytes=4 * 50 * 2, threads=2)
+    with torch.no_grad(), intra_op_threads(2):
+        loss, grad = fused_rows(logits, rule, chunk_bytes=4 * 50 * 2, parallel=True)
     assert not grad.requires_grad
     assert torch.isfinite(loss[torch.arange(37) != 9]).all()
 

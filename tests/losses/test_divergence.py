@@ -871,6 +871,28 @@ def test_row_losses_inplace_backward_same_gradient(name, options, reduction):
 
 
 @pytest.mark.parametrize("name, options", ROW_LOSSES)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_row_losses_same_with_chunks_in_threads(name, options, inplace):
+    """Rows of 4096 classes make 32-row chunks, so 200 rows run in threads with 2 or more."""
+    teacher = randn(200, 4096, dtype=torch.float32, seed=78, requires_grad=False)
+    target = random_target((200,), 4096, seed=79, ignored=(3, 150))
+    results = []
+    before = torch.get_num_threads()
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        try:
+            student = randn(200, 4096, dtype=torch.float32, seed=80)
+            logits = student * 1.0
+            loss = row_loss(name, logits, teacher, target, inplace_backward=inplace, **options)
+            results.append((loss.detach(), *grads_of(loss, [student])))
+        finally:
+            torch.set_num_threads(before)
+    (loss_one, grad_one), (loss_threads, grad_threads) = results
+    assert torch.equal(loss_one, loss_threads)
+    assert torch.equal(grad_one, grad_threads)
+
+
+@pytest.mark.parametrize("name, options", ROW_LOSSES)
 def test_row_losses_inplace_backward_destroys_logits(name, options):
     """After the forward pass the logits contain the gradient of the reduced loss."""
     weights = randn(2, 3, 5, dtype=torch.float32, seed=78)

@@ -138,7 +138,7 @@ def fused_rows(
     inplace: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
     huge_pages: bool = False,
-    threads: int = 1,
+    parallel: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Apply ``rule`` to ``logits`` chunk by chunk; return (loss per row, gradient).
 
@@ -150,10 +150,11 @@ def fused_rows(
         chunk_bytes: target size of one float32 chunk.
         huge_pages: make a new gradient buffer with
             :func:`empty_like_huge_pages` (when not ``inplace``).
-        threads: number of Python threads that take chunks in turn (see
-            :func:`_map_chunks_in_threads`). ``rule`` must then be safe to
-            call from several threads at once. Values above 1 apply only to
-            CPU tensors in eager mode.
+        parallel: spread the chunks over as many Python threads as PyTorch
+            has intra-op threads (see :func:`_map_chunks_in_threads`).
+            ``rule`` must then be safe to call from several threads at once.
+            It applies only to CPU tensors in eager mode, outside torch.func
+            transforms; elsewhere the chunks run one after another.
 
     Returns:
         ``loss`` of shape ``N`` in the compute dtype and ``grad`` with the shape and dtype
@@ -184,7 +185,9 @@ def fused_rows(
     # Per-chunk losses are concatenated rather than written into a buffer
     # made here, which vmap could not write batched values into.
     chunks = list(row_chunks(N, V, chunk_bytes))
-    if threads > 1 and len(chunks) >= 2 * threads and _may_use_threads(logits):
+    # torch.get_num_threads is read only in eager mode: torch.compile cannot trace it.
+    threads = torch.get_num_threads() if parallel and _may_use_threads(logits) else 1
+    if threads > 1 and len(chunks) >= 2 * threads:
         losses = _map_chunks_in_threads(run_chunk, chunks, threads)
     else:
         losses = [run_chunk(rows) for rows in chunks]

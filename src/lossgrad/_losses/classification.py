@@ -206,7 +206,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 inplace=inplace,
                 chunk_bytes=_CHUNK_BYTES,
                 huge_pages=True,
-                threads=torch.get_num_threads(),
+                parallel=True,
             )
         loss = _reduce(row_loss, reduction, denominator, logits.dtype)
         if inplace:

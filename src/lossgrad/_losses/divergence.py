@@ -9,8 +9,7 @@ return each row's loss and gradient from one pass.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -315,34 +314,6 @@ def _batched_like(student: Tensor, teacher: Tensor, target: Tensor | None) -> Te
     return student
 
 
-@contextmanager
-def _one_intra_op_thread(tensor: Tensor) -> Iterator[None]:
-    """Run the CPU chunk loop with one intra-op thread, then restore the count.
-
-    Each chunk operation is small (a few hundred kB), so splitting it over
-    threads costs a thread synchronisation per operation. On a loaded machine
-    a descheduled thread stalls that synchronisation for a scheduler time
-    slice: on a 2-core machine shared with other processes, kd_loss at
-    N=1024, V=32000 ran about 9 times slower with 2 threads than with 1.
-    The thread count is left alone under torch.compile and off the CPU.
-
-    NOTE: torch.set_num_threads is process-wide, so PyTorch operations that
-    other Python threads run during the loop also get one intra-op thread.
-    """
-    if tensor.device.type != "cpu" or torch.compiler.is_compiling():
-        yield
-        return
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _is_last_backward() -> bool:
     """Return whether the running backward frees the graph after itself.
 
@@ -432,9 +403,16 @@ class DistillRowsFunction(torch.autograd.Function):
                 student_rows, teacher_rows, target_rows, scale, inplace
             )
         else:
+            # The rules keep their chunk buffers per thread, so the chunks
+            # may be spread over one Python thread per intra-op thread.
             rule = loss.make_rule(teacher_rows, target_rows, scale)
-            with _one_intra_op_thread(student_rows):
-                row_loss, grad = fused_rows(student_rows, rule, inplace=inplace)
+            row_loss, grad = fused_rows(
+                student_rows,
+                rule,
+                inplace=inplace,
+                huge_pages=True,
+                parallel=True,
+            )
         row_loss = row_loss.reshape(rows_shape)
         value = reduce_loss(row_loss, loss.reduction, count, dtype=student.dtype)
         if inplace:

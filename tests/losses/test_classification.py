@@ -859,6 +859,62 @@ def test_bce_with_logits_stable_at_large_logits():
     assert_close(grad, torch.tensor([0.0, 0.0, 1.0, -1.0, 0.0]), "grad")
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("use_pos_weight", [False, True])
+def test_bce_with_logits_confident_keeps_precision(reduction, use_pos_weight):
+    """A confident, correct logit's loss log1p(e^(-|x|)) keeps its relative precision.
+
+    Forming it as softplus(x) - y·x would round e^(-15) ≈ 3e-7 away against 15.
+    """
+    logits = torch.tensor([15.0, -15.0, 30.0, -30.0, 8.0, -8.0], requires_grad=True)
+    target = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    pos_weight = torch.tensor([2.0]) if use_pos_weight else None
+    loss = lossgrad.binary_cross_entropy_with_logits(
+        logits, target, pos_weight=pos_weight, reduction=reduction
+    )
+    x, y = logits.detach().double(), target.double()
+    pw = 1.0 if pos_weight is None else pos_weight.double()
+    expected = torch.log1p(torch.exp(-x.abs())) * (pw * y + 1 - y)
+    expected = {"none": expected, "mean": expected.mean(), "sum": expected.sum()}[reduction]
+    assert_close(loss, expected.float(), "loss", rtol=1e-6, atol=0.0)
+    (grad,) = grads_of(loss.sum(), [logits])
+    scale = 1 / logits.numel() if reduction == "mean" else 1.0
+    expected_grad = ((pw * y + 1 - y) * torch.sigmoid(x) - pw * y) * scale
+    # σ(x) − y itself rounds near 1, as in PyTorch, so the gradient gets the usual tolerance.
+    assert_close(grad, expected_grad.float(), "grad", kind="grad")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_infinite_logit_reduced(reduction):
+    """An infinite logit in a reduced loss takes the guarded form: 0 for the matching label."""
+    logits = torch.tensor([[-INF, INF, 0.5], [2.0, -1.0, INF]], requires_grad=True)
+    target = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    weight = torch.tensor([1.0, 2.0, 0.5])
+    pos_weight = torch.tensor([3.0, 1.0, 2.0])
+    loss = lossgrad.binary_cross_entropy_with_logits(
+        logits, target, weight, reduction=reduction, pos_weight=pos_weight
+    )
+    finite = logits.detach().clone()
+    finite[finite.isinf()] = 0.0
+    per_element = F.binary_cross_entropy_with_logits(
+        finite, target, weight, reduction="none", pos_weight=pos_weight
+    )
+    per_element[logits.detach().isinf()] = 0.0
+    expected = {"none": per_element, "mean": per_element.mean(), "sum": per_element.sum()}
+    assert_close(loss, expected[reduction], "loss")
+    (grad,) = grads_of(loss.sum(), [logits])
+    assert not grad.isnan().any()
+
+
+def test_bce_with_logits_nan_logit_gives_nan():
+    logits = torch.tensor([0.5, float("nan"), -1.0], requires_grad=True)
+    target = torch.tensor([1.0, 0.0, 1.0])
+    loss = lossgrad.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    assert loss[1].isnan()
+    assert not loss[[0, 2]].isnan().any()
+    assert lossgrad.binary_cross_entropy_with_logits(logits, target).isnan()
+
+
 def test_bce_with_logits_integer_target_cast():
     logits = torch.randn(3, 2)
     target = torch.tensor([[0, 1], [1, 1], [0, 0]])

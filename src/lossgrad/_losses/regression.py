@@ -2,9 +2,12 @@
 
 Each loss is a pointwise penalty ρ of the residual r = x − y, optionally times a
 per-element weight. One Function serves the family. Its ``forward`` computes r
-once in the accumulation dtype and saves r, or for Huber and smooth L1 the
-clipped residual that is their gradient. Its ``backward`` multiplies the
-penalty's derivative ρ'(r) by the upstream gradient.
+once in the accumulation dtype and saves r, or a slope that is the gradient up
+to a constant: the clipped residual for Huber and smooth L1, sign(r) for an
+unweighted L1 sum or mean. An unweighted squared-error sum or mean saves
+nothing and recomputes r. Its ``backward`` multiplies the penalty's derivative
+ρ'(r) by the upstream gradient, in place on the saved slope when the graph is
+freed afterwards.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import enum
 import torch
 from torch import Tensor
 
-from .._autograd import refuse_double_backward
+from .._autograd import graph_is_kept, refuse_double_backward
 from .._checks import (
     check_float_tensor,
     check_no_legacy_reduction,
@@ -38,8 +41,8 @@ class Penalty(enum.Enum):
     ``threshold`` is Huber's δ or smooth L1's β, and is unused by the others.
     Huber and smooth L1 are computed from the clipped residual
     c = clamp(r, −δ, δ), which is also their gradient (over β for smooth L1),
-    so ``forward`` saves c and ``backward`` is one multiplication. The methods
-    never modify their arguments.
+    so ``forward`` saves c and ``backward`` is one multiplication. Only
+    :meth:`total_and_slope` modifies its argument.
     """
 
     L1 = "l1_loss"
@@ -77,16 +80,23 @@ class Penalty(enum.Enum):
         huber = torch.sub(r, c, alpha=0.5).mul_(c)
         return huber if self is Penalty.HUBER else huber.div_(threshold)
 
-    def total_over(self, r: Tensor, threshold: float, c: Tensor) -> Tensor:
-        """Return Σ ρ(r) for Huber and smooth L1, given c; overwrites ``r``."""
-        huber = r.sub_(c, alpha=0.5).mul_(c).sum()
-        return huber if self is Penalty.HUBER else huber / threshold
+    def total_and_slope(self, r: Tensor, threshold: float, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Return Σ ρ(r) and s, where ρ'(r) = s · :meth:`slope_factor`; overwrites ``r``.
 
-    def distance_total(self, x: Tensor, y: Tensor, threshold: float) -> Tensor:
-        """Return Σ ρ(x − y) for L1 and squared error as one fused distance, ‖x − y‖₁ or ‖x − y‖₂²."""
-        if self.is_absolute(threshold, x.dtype):
-            return torch.dist(x, y, 1)
-        return torch.dist(x, y).square()
+        For L1 (and smooth L1 with β = 0) s is sign(r), for Huber and smooth
+        L1 it is c from :meth:`clip`. Squared error is not handled here.
+        """
+        if self.is_absolute(threshold, r.dtype):
+            slope = r.sign()
+            return r.abs_().sum(), slope
+        huber = r.sub_(c, alpha=0.5).mul_(c).sum()
+        return (huber if self is Penalty.HUBER else huber / threshold), c
+
+    def slope_factor(self, threshold: float, dtype: torch.dtype) -> float:
+        """Return the constant that turns the slope s of :meth:`total_and_slope` into ρ'(r)."""
+        if self is Penalty.SMOOTH_L1 and not self.is_absolute(threshold, dtype):
+            return 1 / threshold
+        return 1.0
 
     def scaled_derivative(
         self, r: Tensor, threshold: float, c: Tensor, scale: Tensor, *, overwrite: bool
@@ -131,17 +141,19 @@ class RegressionFunction(torch.autograd.Function):
         dtype = accumulate_dtype(input.dtype)
         x, y = input.to(dtype), target.to(dtype)
         denominator = _denominator(x, weight, reduction, weight_sum_mean)
-        if _reduces_by_distance(penalty, threshold, dtype, weight, reduction):
+        if _reduces_by_distance(penalty, weight, reduction):
             # No residual in memory: backward recomputes it from input and target.
-            total = penalty.distance_total(x, y, threshold)
+            total = torch.dist(x, y).square()
             value = reduce_loss(total, reduction, denominator, dtype=input.dtype)
             return value, x.new_empty(0), x.new_empty(0)
         r = x - y
         c = penalty.clip(r, threshold)
         if weight is None and reduction != "none":
-            # Huber or smooth L1, whose backward needs only c: r is free to overwrite.
-            total = penalty.total_over(r, threshold, c)
-            return reduce_loss(total, reduction, denominator, dtype=input.dtype), x.new_empty(0), c
+            # L1, Huber or smooth L1, whose backward needs only the slope:
+            # r is free to overwrite, and the slope is returned in place of c.
+            total, slope = penalty.total_and_slope(r, threshold, c)
+            value = reduce_loss(total, reduction, denominator, dtype=input.dtype)
+            return value, x.new_empty(0), slope
         loss = penalty.evaluate(r, threshold, c)
         if weight is not None:
             loss = loss * weight.to(dtype)
@@ -155,8 +167,11 @@ class RegressionFunction(torch.autograd.Function):
         # No zero-filled gradients for r and c, which nothing differentiates.
         ctx.set_materialize_grads(False)
         dtype = r.dtype
-        if _reduces_by_distance(penalty, threshold, dtype, weight, reduction):
+        if _reduces_by_distance(penalty, weight, reduction):
             ctx.save_for_backward(input, target, None, c, weight, value)
+        elif weight is None and reduction != "none":
+            # c is the slope of Penalty.total_and_slope.
+            ctx.save_for_backward(None, None, None, c, None, value)
         else:
             # Huber and smooth L1 need only c, unless the weight's gradient needs ρ(r).
             weight_grad = weight is not None and ctx.needs_input_grad[2]
@@ -189,9 +204,14 @@ class RegressionFunction(torch.autograd.Function):
         # grad_output), and N or Σw for mean.
         grad_input = grad_target = grad_weight = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_r = penalty.scaled_derivative(
-                residual, threshold, c, scale, overwrite=recomputed
-            )
+            if r is None:
+                # c is the slope s with ρ'(r) = s · factor. Without a weight
+                # gradient and a kept graph, this is its last use.
+                factor = scale * penalty.slope_factor(threshold, dtype)
+                overwrite = weight is None and not graph_is_kept()
+                grad_r = c.mul_(factor) if overwrite else c * factor
+            else:
+                grad_r = penalty.scaled_derivative(r, threshold, c, scale, overwrite=recomputed)
             if weight is not None:
                 grad_r = grad_r * weight.to(dtype)
             if ctx.needs_input_grad[0]:
@@ -211,12 +231,9 @@ class RegressionFunction(torch.autograd.Function):
         return grad_input, grad_target, grad_weight, None, None, None, None
 
 
-def _reduces_by_distance(
-    penalty: Penalty, threshold: float, dtype: torch.dtype, weight: Tensor | None, reduction: str
-) -> bool:
-    """Tell whether the loss is an unweighted L1 or squared-error sum or mean."""
-    unweighted_total = weight is None and reduction != "none"
-    return unweighted_total and not penalty.is_clipped(threshold, dtype)
+def _reduces_by_distance(penalty: Penalty, weight: Tensor | None, reduction: str) -> bool:
+    """Tell whether the loss is an unweighted squared-error sum or mean, ‖x − y‖₂²."""
+    return penalty is Penalty.SQUARED and weight is None and reduction != "none"
 
 
 def _denominator(

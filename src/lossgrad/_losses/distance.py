@@ -75,10 +75,15 @@ def _divide_by_both(value: Tensor, c1: Tensor, c2: Tensor) -> Tensor:
 def _combine(x: Tensor, a: Tensor, y: Tensor, b: Tensor) -> Tensor:
     """Return ``a · x + b · y`` with per-row factors ``a`` and ``b``.
 
-    The out-of-place ``addcmul`` is used because ``vmap`` has no batching
-    rule for ``addcmul_`` in PyTorch 2.13.
+    ``addcmul_`` adds into the product in place, which saves an N × D
+    allocation. Under a torch.func transform the out-of-place ``addcmul`` is
+    used, because ``vmap`` has no batching rule for ``addcmul_`` in PyTorch
+    2.13.
     """
-    return torch.addcmul(x * _per_row(a), y, _per_row(b))
+    product = x * _per_row(a)
+    if torch._C._are_functorch_transforms_active():
+        return torch.addcmul(product, y, _per_row(b))
+    return product.addcmul_(y, _per_row(b))
 
 
 def _scale_difference(
@@ -325,8 +330,12 @@ class SmoothCosine(Distance):
 
     def similarity(self, x1: Tensor, x2: Tensor) -> Tensor:
         """Return ``cos`` as PyTorch's cosine_embedding_loss computes it."""
+        return self.similarity_and_norms(x1, x2)[0]
+
+    def similarity_and_norms(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``cos`` and the smoothed squared norms (‖x1‖² + ε, ‖x2‖² + ε) per row."""
         dot, m1, m2 = self._row_terms(x1, x2)
-        return dot / torch.sqrt(m1 * m2)
+        return dot / torch.sqrt(m1 * m2), m1, m2
 
     def similarity_vjp(
         self,
@@ -335,9 +344,14 @@ class SmoothCosine(Distance):
         cos: Tensor,
         grad_cos: Tensor,
         needs: tuple[bool, bool] = (True, True),
+        norms: tuple[Tensor, Tensor] | None = None,
     ) -> Grads:
-        """Return ``grad_cos · ∂cos/∂x1`` and ``grad_cos · ∂cos/∂x2``."""
-        _, m1, m2 = self._row_terms(x1, x2)
+        """Return ``grad_cos · ∂cos/∂x1`` and ``grad_cos · ∂cos/∂x2``.
+
+        ``norms`` are the squared norms from :meth:`similarity_and_norms`
+        for the same rows; without them they are computed again.
+        """
+        m1, m2 = norms if norms is not None else self._row_terms(x1, x2)[1:]
         # With mᵢ = ‖xᵢ‖² + ε: ∂cos/∂x1 = x2/√(m1 m2) − cos · x1/m1, and the
         # same with 1 and 2 swapped.
         shared = grad_cos / torch.sqrt(m1 * m2)

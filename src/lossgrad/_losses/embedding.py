@@ -122,14 +122,16 @@ class CosineEmbeddingFunction(torch.autograd.Function):
     @staticmethod
     def forward(x1, x2, target, margin: float, reduction: str):
         acc = accumulate_dtype(x1.dtype)
-        cos = SmoothCosine().similarity(x1.to(acc), x2.to(acc))
+        cos, m1, m2 = SmoothCosine().similarity_and_norms(x1.to(acc), x2.to(acc))
         y = target.to(acc)
         pull = y == 1
         push = y == -1
         loss = torch.where(pull, 1 - cos, 0) + torch.where(push, (cos - margin).clamp_min(0), 0)
         # ∂ℓ/∂cos = −1 for y = 1, [cos > margin] for y = −1, and 0 for any other label.
         dloss_dcos = (push & (cos > margin)).to(acc) - pull.to(acc)
-        per_row = torch.stack([cos, dloss_dcos])
+        # The squared norms travel to backward, which then reads x1 and x2
+        # only to form the gradients.
+        per_row = torch.stack([cos, dloss_dcos, m1, m2])
         return reduce_loss(loss, reduction, loss.numel(), dtype=x1.dtype), per_row
 
     @staticmethod
@@ -141,11 +143,11 @@ class CosineEmbeddingFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_per_row):
         refuse_double_backward("cosine_embedding_loss")
         x1, x2, per_row = ctx.saved_tensors
-        cos, dloss_dcos = per_row.unbind(0)
+        cos, dloss_dcos, m1, m2 = per_row.unbind(0)
         acc = cos.dtype
         scale = grad_scale(grad_loss, ctx.reduction, cos.numel(), dtype=acc)
         grad_x1, grad_x2 = SmoothCosine().similarity_vjp(
-            x1.to(acc), x2.to(acc), cos, scale * dloss_dcos, ctx.needs_input_grad[:2]
+            x1.to(acc), x2.to(acc), cos, scale * dloss_dcos, ctx.needs_input_grad[:2], (m1, m2)
         )
         # No gradient for target, margin and reduction.
         return _to_input_dtype(grad_x1, x1), _to_input_dtype(grad_x2, x2), None, None, None

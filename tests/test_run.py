@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import socket
 import subprocess
 import sys
 import tomllib
@@ -103,6 +105,23 @@ def test_embed_fast_end_to_end(tmp_path, capsys):
         assert 0.7 < results[name]["knn_accuracy"]["mean"] <= 1.0, name
         assert 0.7 < results[name]["recall_at_1"]["mean"] <= 1.0, name
     assert "Recall@1" in out
+
+
+def test_embed_methods_option(tmp_path, capsys):
+    folder = tmp_path / "embed"
+    code, _, err = run_cli(capsys, "embed", "--fast", "--quiet", "--seeds", "0,", "--epochs", "1",
+                           "--methods", "info_nce, triplet", "--out", str(folder))
+    assert code == 0, err
+    metrics = read_metrics(folder)
+    assert metrics["methods"] == ["triplet", "info_nce"]
+    assert set(metrics["results"]) == {"input features (no training)", "triplet", "info_nce"}
+
+
+def test_embed_method_keys_match_config():
+    from lossgrad.run.config import EMBED_METHODS
+    from lossgrad.run.experiments.embed import METHODS
+
+    assert tuple(method.key for method in METHODS) == EMBED_METHODS
 
 
 def test_regress_fast_end_to_end(tmp_path, capsys):
@@ -322,6 +341,8 @@ def bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "invalid toml": (["--config", str(bad_toml)], "invalid TOML"),
         "option without value": (["--epochs"], "expected one argument"),
         "unknown option": (["--temprature", "3"], "unrecognized arguments: --temprature"),
+        "unknown embed method": (["embed", "--methods", "triplet,infonce"],
+                                 "--methods: expected a comma list of contrastive"),
     }
 
 
@@ -330,7 +351,7 @@ def bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     "negative label", "fractional label", "non-numeric feature", "npz without x and y",
     "omitted class not a label", "epochs not an integer", "epochs zero", "seeds not numbers",
     "alpha out of range", "unknown device", "missing config file", "unknown config key",
-    "invalid toml", "option without value", "unknown option",
+    "invalid toml", "option without value", "unknown option", "unknown embed method",
 ])
 def test_bad_input_one_line(tmp_path, capsys, case):
     arguments, expected = bad_cases(tmp_path)[case]
@@ -368,3 +389,51 @@ def test_command_line_error_without_traceback(tmp_path):
 def test_run_error_is_exception():
     with pytest.raises(RunError, match="--threads: expected an integer >= 1"):
         resolve_config({"threads": "0"})
+
+
+# 4. Several processes under torchrun.
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_history(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "history.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.parametrize("arguments", [
+    # No dropout and no jitter, so both runs see the same numbers. embed shards each batch
+    # itself and gathers InfoNCE's keys over the ranks; its last batch of each epoch (1077
+    # training rows) splits into 27 and 26 rows. regress shards through the Trainer.
+    ["embed", "--methods", "info_nce,triplet", "--epochs", "2"],
+    ["regress", "--epochs", "3"],
+], ids=["embed", "regress"])
+def test_torchrun_two_processes_match_one(tmp_path, arguments):
+    common = [*arguments, "--seeds", "0,", "--quiet"]
+    one = subprocess.run(
+        [sys.executable, "-m", "lossgrad", "run", *common, "--out", str(tmp_path / "one")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+         "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+         "-m", "lossgrad", "run", *common, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"},
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    # Only rank 0 prints the table.
+    assert two.stdout.count("## Result") == 1
+    assert read_metrics(tmp_path / "two")["processes"] == 2
+    rows_one, rows_two = read_history(tmp_path / "one"), read_history(tmp_path / "two")
+    assert len(rows_one) == len(rows_two) > 0
+    for row_one, row_two in zip(rows_one, rows_two):
+        assert row_one["phase"] == row_two["phase"]
+        # DDP sums the gradients of two halves, which rounds differently from one process.
+        assert float(row_two["train_loss"]) == pytest.approx(float(row_one["train_loss"]),
+                                                             rel=1e-4, abs=1e-6)

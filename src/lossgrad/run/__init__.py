@@ -4,6 +4,10 @@
 (2015) on digits; ``classify`` compares softmax, sigmoid and label-smoothed training;
 ``embed`` compares the embedding losses; ``regress`` compares L1, L2 and Huber under outliers.
 Each run writes a folder with its config, metrics, history, plots and summary table.
+
+Under ``torchrun --nproc-per-node W`` every process trains the same models with
+DistributedDataParallel on its part of each batch (gloo on CPU), and only rank 0 writes the
+folder and prints the table.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import time
 
 import torch
 
-from .config import RunError, add_options, resolve_config
+from .. import distributed
+from .config import RunConfig, RunError, add_options, resolve_config
 from .data import load_classification, load_regression
 from .experiments import load_experiment
 from .report import make_run_folder, write_run
@@ -58,32 +63,45 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(flag_values: dict[str, object]) -> int:
-    # 1. Settings, device and data.
+    # 1. Settings, processes, device and data.
     config, unused = resolve_config(flag_values)
-    if config.quiet:
-        logging.getLogger("lossgrad").setLevel(logging.WARNING)
-    for flag in unused:
-        logger.warning("%s does not apply to the %s experiment; ignored", flag, config.experiment)
-    # NOTE: the CUDA path has not been run yet; every experiment has been tested on CPU only.
     if config.device == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: CUDA is not available here; use --device cpu")
+    info = distributed.init_from_env()
+    try:
+        return _run_experiment(config, unused, info)
+    finally:
+        distributed.shutdown()
+
+
+def _run_experiment(
+    config: RunConfig, unused: list[str], info: distributed.DistributedInfo
+) -> int:
+    if config.quiet or not info.is_main:
+        logging.getLogger("lossgrad").setLevel(logging.WARNING)
+    if info.is_main:
+        for flag in unused:
+            logger.warning("%s does not apply to the %s experiment; ignored", flag, config.experiment)
+    # NOTE: the CUDA path has not been run yet; every experiment has been tested on CPU only.
     torch.set_num_threads(config.threads)
     if config.experiment == "regress":
         data = load_regression(config.data, config.label_column)
     else:
         data = load_classification(config.data, config.label_column)
     data = data.to(config.device)
-    folder = make_run_folder(config)
+    folder = make_run_folder(config) if info.is_main else None
     logger.info(
-        "running %s on %s (%d training rows) with seeds %s; output in %s",
+        "running %s on %s (%d training rows) with seeds %s in %d process(es); output in %s",
         config.experiment, data.name, len(data.y_train),
-        ",".join(map(str, config.seeds)), folder,
+        ",".join(map(str, config.seeds)), info.world_size, folder,
     )
 
-    # 2. The experiment, then the run folder and the table on stdout.
+    # 2. The experiment, then the run folder and the table on stdout, from rank 0 only.
     started = time.perf_counter()
     result = load_experiment(config.experiment)(config, data, History())
-    write_run(folder, config, result)
-    print(result.summary)
-    logger.info("finished in %.1f s; results in %s", time.perf_counter() - started, folder)
+    result.metrics["processes"] = info.world_size
+    if folder is not None:
+        write_run(folder, config, result)
+        print(result.summary)
+        logger.info("finished in %.1f s; results in %s", time.perf_counter() - started, folder)
     return 0

@@ -31,6 +31,10 @@ EXPERIMENT_NAMES = ("distill", "classify", "embed", "regress")
 # Epochs and seeds when the user sets none: (full run, --fast run).
 DEFAULT_EPOCHS = {"distill": (60, 12), "classify": (60, 10), "embed": (40, 8), "regress": (300, 60)}
 DEFAULT_SEEDS = (5, 2)
+# The losses of the embed experiment, in the order of its table.
+EMBED_METHODS = (
+    "contrastive", "triplet", "cosine_embedding", "cosine_similarity", "negative_pair", "info_nce",
+)
 
 
 class RunError(Exception):
@@ -56,6 +60,7 @@ class RunConfig:
     omit_class: int
     label_smoothing: float
     embedding_dim: int
+    methods: tuple[str, ...]
     outlier_fraction: float
     huber_delta: float
 
@@ -145,6 +150,21 @@ def _parse_seeds(name: str, value: object) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def _parse_methods(name: str, value: object) -> tuple[str, ...]:
+    """Parse a comma list (or TOML list) of embedding methods; return them in table order."""
+    expected = "a comma list of " + ", ".join(EMBED_METHODS)
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise RunError(f"{name}: expected {expected}, got {_describe(value)}")
+    unknown = [item for item in items if item not in EMBED_METHODS]
+    if unknown or not items:
+        raise RunError(f"{name}: expected {expected}, got {_describe(value)}")
+    return tuple(method for method in EMBED_METHODS if method in items)
+
+
 def _parse_experiment(name: str, value: object) -> str:
     if value not in EXPERIMENT_NAMES:
         choices = ", ".join(EXPERIMENT_NAMES)
@@ -230,6 +250,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("embedding_dim", _int_parser(2), 16,
            "embed: embedding dimension; plots show a PCA when above 2 (default: 16)", "D",
            experiments=("embed",)),
+    Option("methods", _parse_methods, EMBED_METHODS,
+           "embed: the losses to train, a comma list of " + ", ".join(EMBED_METHODS)
+           + " (default: all)", "LIST", experiments=("embed",)),
     Option("outlier_fraction", _float_parser(0.0, 0.9), 0.15,
            "regress: fraction of training targets made outliers (default: 0.15)", "F",
            experiments=("regress",)),

@@ -19,6 +19,8 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier
 
 import lossgrad
+from lossgrad import distributed
+from lossgrad.distributed import shard_batch
 
 from ..config import RunConfig
 from ..data import Dataset
@@ -84,72 +86,83 @@ class PairSampler:
 
 @dataclass(frozen=True)
 class Method:
-    """An embedding loss: its name, the batch loss and the distance it trains."""
+    """An embedding loss: its --methods key, its name, the batch loss and the distance it trains."""
 
+    key: str
     name: str
-    batch_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    batch_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, slice],
+                         torch.Tensor]
     metric: str  # "euclidean" or "cosine"
 
 
-# Each batch loss takes the embeddings of anchors, positives and negatives, and the anchor
-# labels (used by info_nce to group anchors of distinct classes).
+# Each batch loss takes the embeddings of this process's anchors, positives and negatives, the
+# labels of the whole global batch and this process's rows of it (all of them in one process).
+# The pair and triplet losses are means over the local rows; info_nce needs the whole batch.
 
 
-def _contrastive(anchor, positive, negative, labels):
+def _contrastive(anchor, positive, negative, labels, rows):
     x2 = torch.cat([positive, negative])
     target = torch.cat([torch.ones(len(anchor)), torch.zeros(len(anchor))]).to(anchor)
     return lossgrad.contrastive_loss(torch.cat([anchor, anchor]), x2, target, neg_margin=MARGIN)
 
 
-def _triplet(anchor, positive, negative, labels):
+def _triplet(anchor, positive, negative, labels, rows):
     return lossgrad.triplet_margin_loss(anchor, positive, negative, margin=MARGIN)
 
 
-def _cosine_embedding(anchor, positive, negative, labels):
+def _cosine_embedding(anchor, positive, negative, labels, rows):
     x2 = torch.cat([positive, negative])
     target = torch.cat([torch.ones(len(anchor)), -torch.ones(len(anchor))]).to(anchor)
     return lossgrad.cosine_embedding_loss(torch.cat([anchor, anchor]), x2, target)
 
 
-def _cosine_similarity(anchor, positive, negative, labels):
+def _cosine_similarity(anchor, positive, negative, labels, rows):
     # Regress the cosine of each pair onto a target score: 1 for positives, 0 for negatives.
     x2 = torch.cat([positive, negative])
     score = torch.cat([torch.ones(len(anchor)), torch.zeros(len(anchor))]).to(anchor)
     return lossgrad.cosine_similarity_loss(torch.cat([anchor, anchor]), x2, score)
 
 
-def _negative_pair(anchor, positive, negative, labels):
+def _negative_pair(anchor, positive, negative, labels, rows):
     # Pull positives by their squared distance; push negatives to distance MARGIN or beyond.
-    pull = lossgrad.mse_loss(anchor, positive, reduction="sum") / len(anchor)
+    pull = lossgrad.mse_loss(anchor, positive, reduction="sum") / max(len(anchor), 1)
     push = lossgrad.negative_pair_loss(anchor, negative, margin=MARGIN)
     return pull + push
 
 
-def _info_nce(anchor, positive, negative, labels):
-    # Query i's negatives are the other keys of its group. Grouping anchors by how many earlier
-    # anchors share their class gives groups of distinct classes, so no negative is of the same
-    # class as its query.
+def _info_nce(anchor, positive, negative, labels, rows):
+    # Query i's negatives are the other keys of its group. Grouping the global batch's anchors by
+    # how many earlier anchors share their class gives groups of distinct classes, so no negative
+    # is of the same class as its query. Under DDP every rank passes its members of each group
+    # and gather=True makes the keys of all ranks the negatives, in global order. Every rank
+    # must then call info_nce for the same groups, also with no members of its own.
+    info = distributed.current_info()
     same_class = labels[:, None] == labels[None, :]
     group = torch.tril(same_class, diagonal=-1).sum(dim=1)
+    local_group = group[rows]
     total = anchor.new_zeros(())
     for index in torch.unique(group).tolist():
-        members = torch.nonzero(group == index).flatten()
-        if len(members) > 1:
+        if int((group == index).sum()) > 1:
+            members = torch.nonzero(local_group == index).flatten()
             total = total + lossgrad.info_nce(
                 anchor[members], positive[members], temperature=INFO_NCE_TEMPERATURE,
-                reduction="sum",
+                reduction="sum", gather=info.is_distributed,
             )
-    return total / len(anchor)
+    # Each rank's sum times W / N: DDP's average over ranks is then the mean over the global
+    # batch, as in one process (docs/distributed.md).
+    return total * info.world_size / len(labels)
 
 
 METHODS = (
-    Method("contrastive", _contrastive, "euclidean"),
-    Method("triplet", _triplet, "euclidean"),
-    Method("cosine embedding", _cosine_embedding, "cosine"),
-    Method("cosine similarity", _cosine_similarity, "cosine"),
-    Method("squared pull + negative pair", _negative_pair, "euclidean"),
-    Method("info_nce", _info_nce, "cosine"),
+    Method("contrastive", "contrastive", _contrastive, "euclidean"),
+    Method("triplet", "triplet", _triplet, "euclidean"),
+    Method("cosine_embedding", "cosine embedding", _cosine_embedding, "cosine"),
+    Method("cosine_similarity", "cosine similarity", _cosine_similarity, "cosine"),
+    Method("negative_pair", "squared pull + negative pair", _negative_pair, "euclidean"),
+    Method("info_nce", "info_nce", _info_nce, "cosine"),
 )
+# The methods whose loss uses the whole global batch and scales itself for DDP.
+_GATHERING = {"info_nce"}
 
 
 def _prepare(embeddings: torch.Tensor, metric: str) -> torch.Tensor:
@@ -203,7 +216,8 @@ def run(config: RunConfig, data: Dataset, history: History) -> ExperimentResult:
     planes["input features"] = (_to_plane(data.x_test), test_labels)
 
     # 2. One model per loss and seed.
-    for method in METHODS:
+    methods = [method for method in METHODS if method.key in config.methods]
+    for method in methods:
         logger.info("training embeddings with %s", method.name)
         bar = progress_bar(config.epochs * len(config.seeds), method.name, config.quiet)
         trainer = Trainer(config.epochs, history, bar, config.device)
@@ -213,18 +227,23 @@ def run(config: RunConfig, data: Dataset, history: History) -> ExperimentResult:
             sampler = PairSampler(data.y_train, num_classes, seed_generator(seed, stream=3))
 
             def batch_loss(model, anchors, method=method, sampler=sampler):
+                # Every process samples the whole global batch, so the draws are those of one
+                # process, then embeds its own part of it.
                 positives = sampler.positives(anchors).to(anchors.device)
                 negatives = sampler.negatives(anchors).to(anchors.device)
-                rows = torch.cat([anchors, positives, negatives])
-                embedded = model(data.x_train[rows]).split(len(anchors))
-                return method.batch_loss(*embedded, data.y_train[anchors])
+                part = shard_batch(len(anchors), trainer.info)
+                local = [rows[part.rows] for rows in (anchors, positives, negatives)]
+                embedded = model(data.x_train[torch.cat(local)])
+                embedded = embedded.view(3, len(local[0]), -1).unbind(0)
+                loss = method.batch_loss(*embedded, data.y_train[anchors], part.rows)
+                return loss if method.key in _GATHERING else loss * part.loss_scale
 
             def evaluate(model, method=method):
                 val = _prepare(model(data.x_val), method.metric)
                 return {"val_recall_at_1": recall_at_1(val, data.y_val)}
 
             model = trainer.fit(mlp(sizes), len(data.y_train), batch_loss, evaluate,
-                                phase=method.name, seed=seed)
+                                phase=method.name, seed=seed, shard=False)
             train = _prepare(evaluate_logits(model, data.x_train), method.metric)
             test = _prepare(evaluate_logits(model, data.x_test), method.metric)
             per_seed[method.name].append(_scores(train, test, data))
@@ -238,6 +257,7 @@ def run(config: RunConfig, data: Dataset, history: History) -> ExperimentResult:
         "data": data.name,
         "seeds": list(config.seeds),
         "embedding_dim": config.embedding_dim,
+        "methods": list(config.methods),
         "test_rows": len(data.y_test),
         "results": results,
     }

@@ -10,6 +10,7 @@ import torch
 
 import lossgrad.bench as bench
 from lossgrad import cli
+from lossgrad.bench import _runner
 from lossgrad.bench._cases import CASES, available_cases
 from lossgrad.bench._report import check_targets
 
@@ -89,6 +90,19 @@ def test_api_sweep_writes_plot(tmp_path):
     png = (tmp_path / "sweep.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert "![sweep](sweep.png)" in (tmp_path / "results.md").read_text()
+
+
+def test_api_sweep_measures_linear_memory(tmp_path, monkeypatch):
+    # Two fractions instead of four: each memory figure is a fresh process.
+    monkeypatch.setattr(_runner, "SWEEP_FRACTIONS", (0.5, 1.0))
+    sizes = bench.parse_sizes(["linear.N=64", "linear.H=16", "linear.V=40"])
+    results = bench.run(["linear_cross_entropy"], sizes=sizes, repeats=2, out=tmp_path,
+                        memory=True, compile=False, sweep=True)
+    points = [point for point in results["sweep"] if point["variant"] == "lossgrad"]
+    assert sorted((point["N"], point["V"]) for point in points) == [(32, 40), (64, 20), (64, 40)]
+    assert all(point["extra_peak_bytes"] >= 0 for point in points)
+    assert "extra peak MiB" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.slow

@@ -51,12 +51,14 @@ def _storage_keys(tensors) -> set[int]:
 def run_in_this_process(case_name: str, label: str, sizes: dict[str, int], dtype: torch.dtype) -> dict:
     """Measure one variant here; return the byte counts."""
     from ._cases import available_cases
-    from ._variants import variants_for
+    from ._variants import COMPILED, variants_for
 
     case = available_cases()[case_name]
     generator = torch.Generator().manual_seed(0)
     inputs = case.build(sizes, dtype, generator)
-    (variant,) = [v for v in variants_for(case, compile=True) if v.label == label]
+    # torch.compile imports Dynamo, seconds of start-up, so it is built only when measured.
+    compile = label == COMPILED
+    (variant,) = [v for v in variants_for(case, compile=compile) if v.label == label]
     variant.prepare(inputs)()  # warm-up, which compiles a torch.compile variant
 
     run = variant.prepare(inputs)

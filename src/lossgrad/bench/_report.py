@@ -233,10 +233,12 @@ def _sweep(results: dict) -> list[str]:
     if not results.get("sweep"):
         return []
     lines = ["", "## Sweep", "", "![sweep](sweep.png)", "",
-             "| loss | N | V | variant | median ms |", "|---|---|---|---|---|"]
+             "| loss | N | V | variant | median ms | extra peak MiB |", "|---|---|---|---|---|---|"]
     for point in results["sweep"]:
+        extra = point.get("extra_peak_bytes")
+        memory = "" if extra is None else f"{extra / 2**20:.1f}"
         lines.append(f"| {point['loss']} | {point['N']} | {point['V']} | {point['variant']} "
-                     f"| {_format_ms(point['median_ms'])} |")
+                     f"| {_format_ms(point['median_ms'])} | {memory} |")
     return lines
 
 
@@ -254,26 +256,34 @@ def plot_sweep(points: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    losses = sorted({p["loss"] for p in points})
-    figure, axes = plt.subplots(len(losses), 2, figsize=(11, 4 * len(losses)), squeeze=False)
-    for row, loss in enumerate(losses):
+    # One row of plots per loss: time against N and V, and where the sweep measured memory,
+    # the extra peak against N and V.
+    rows = []
+    for loss in sorted({p["loss"] for p in points}):
         ours = [p for p in points if p["loss"] == loss]
+        rows.append((loss, ours, "median_ms", "median forward + backward (ms)", "time"))
+        if any(p.get("extra_peak_bytes") is not None for p in ours):
+            rows.append((loss, ours, "extra_peak_bytes", "extra peak memory (bytes)", "memory"))
+    figure, axes = plt.subplots(len(rows), 2, figsize=(11, 4 * len(rows)), squeeze=False)
+    for row, (loss, ours, value_key, value_label, title) in enumerate(rows):
         n_max = max(p["N"] for p in ours)
         v_max = max(p["V"] for p in ours)
         for column, (axis_key, fixed_key, fixed) in enumerate((("N", "V", v_max), ("V", "N", n_max))):
             axis = axes[row][column]
             for variant in dict.fromkeys(p["variant"] for p in ours):
                 line = sorted(
-                    (p for p in ours if p["variant"] == variant and p[fixed_key] == fixed),
+                    (p for p in ours if p["variant"] == variant and p[fixed_key] == fixed
+                     and p.get(value_key) is not None),
                     key=lambda p: p[axis_key],
                 )
-                axis.plot([p[axis_key] for p in line], [p["median_ms"] for p in line],
-                          marker="o", label=variant)
+                if line:
+                    axis.plot([p[axis_key] for p in line], [max(p[value_key], 1) for p in line],
+                              marker="o", label=variant)
             axis.set_xscale("log")
             axis.set_yscale("log")
             axis.set_xlabel(f"{axis_key} ({fixed_key} = {fixed})")
-            axis.set_ylabel("median forward + backward (ms)")
-            axis.set_title(f"{loss}: time against {axis_key}")
+            axis.set_ylabel(value_label)
+            axis.set_title(f"{loss}: {title} against {axis_key}")
             axis.grid(True, which="both", alpha=0.3)
             axis.legend(fontsize="small")
     figure.tight_layout()

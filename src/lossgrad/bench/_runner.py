@@ -128,19 +128,26 @@ def _add_ratios(record: dict) -> None:
                     entry[f"speedup_vs_{peer}"] = variants[peer]["median_ms"] / entry["median_ms"]
 
 
+# Families that the sweep covers. The linear head's sweep also measures memory, whose
+# point is that the extra peak stays flat in N.
+SWEPT_FAMILIES = ("softmax", "linear")
+
+
 def _sweep(cases: list[Case], sizes: dict[str, dict[str, int]], config: BenchConfig) -> list[dict]:
-    """Time the softmax-family cases over fractions of N and of V; return the points."""
+    """Time the softmax-family and linear cases over fractions of N and of V; return the points."""
     points = []
-    base = sizes["softmax"]
     for case in cases:
-        grid = [{"N": max(1, int(base["N"] * f)), "V": base["V"]} for f in SWEEP_FRACTIONS]
-        grid += [{"N": base["N"], "V": max(2, int(base["V"] * f))} for f in SWEEP_FRACTIONS[:-1]]
+        base = sizes[case.family]
+        grid = [{**base, "N": max(1, int(base["N"] * f))} for f in SWEEP_FRACTIONS]
+        grid += [{**base, "V": max(2, int(base["V"] * f))} for f in SWEEP_FRACTIONS[:-1]]
+        memory = config.memory and case.family == "linear"
         for point in grid:
-            record = _time_case(case, point, config, memory=False)
+            record = _time_case(case, point, config, memory=memory)
             for label, entry in record["variants"].items():
                 points.append(
                     {"loss": case.name, "N": point["N"], "V": point["V"], "variant": label,
-                     "median_ms": entry["median_ms"], "q1_ms": entry["q1_ms"], "q3_ms": entry["q3_ms"]}
+                     "median_ms": entry["median_ms"], "q1_ms": entry["q1_ms"], "q3_ms": entry["q3_ms"],
+                     "extra_peak_bytes": entry.get("extra_peak_bytes")}
                 )
     return points
 
@@ -175,9 +182,9 @@ def run_benchmark(config: BenchConfig) -> dict:
         # Written after each case, so that an interrupted run keeps what it measured.
         write_reports(results, Path(config.out))
     if config.sweep:
-        swept = [case for case in cases if case.family == "softmax"]
+        swept = [case for case in cases if case.family in SWEPT_FAMILIES]
         if not swept:
-            log.info("--sweep: no softmax-family loss selected, nothing to sweep")
+            log.info("--sweep: no softmax-family or linear loss selected, nothing to sweep")
         results["sweep"] = _sweep(swept, sizes, config)
     results["load_average_after"] = os.getloadavg()
     write_reports(results, Path(config.out))

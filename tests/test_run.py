@@ -117,6 +117,23 @@ def test_embed_methods_option(tmp_path, capsys):
     assert set(metrics["results"]) == {"input features (no training)", "triplet", "info_nce"}
 
 
+def test_leader_needs_a_lead_beyond_noise():
+    from lossgrad.run.experiments.common import leader, summarize_runs
+
+    def results(a, b):
+        return {"a": summarize_runs([{"x": v} for v in a]),
+                "b": summarize_runs([{"x": v} for v in b])}
+
+    clear = leader(results([0.9, 0.91, 0.92], [0.8, 0.8, 0.81]), ["a", "b"], "x")
+    assert clear.startswith("a, 10.67 points ahead of b, beyond two standard errors")
+    noisy = leader(results([0.9, 0.7, 0.95], [0.8, 0.85, 0.8]), ["a", "b"], "x")
+    assert "not a clear winner" in noisy
+    lower = leader(results([0.1, 0.1, 0.1], [0.3, 0.31, 0.3]), ["b", "a"], "x",
+                   higher_is_better=False)
+    assert lower.startswith("a, ")
+    assert "too few" in leader(results([0.9, 0.9], [0.1, 0.1]), ["a", "b"], "x")
+
+
 def test_embed_method_keys_match_config():
     from lossgrad.run.config import EMBED_METHODS
     from lossgrad.run.experiments.embed import METHODS

@@ -22,7 +22,7 @@ from ..models import mlp
 from ..plots import plot_curves, plot_reliability
 from ..report import ExperimentResult, format_mean_std, markdown_table
 from ..training import History, Trainer, evaluate_logits, progress_bar
-from .common import accuracy, seed_models, summarize_runs
+from .common import accuracy, leader, seed_models, summarize_runs
 
 __all__ = ["run", "expected_calibration_error"]
 
@@ -156,8 +156,8 @@ def _summary(config: RunConfig, data: Dataset, results: dict) -> str:
     table = markdown_table(
         ["loss", "test accuracy %", f"ECE % ({ECE_BINS} bins)", "mean confidence %"], rows
     )
-    best_accuracy = max(results, key=lambda name: results[name]["test_accuracy"]["mean"])
-    best_ece = min(results, key=lambda name: results[name]["ece"]["mean"])
+    best_accuracy = leader(results, list(results), "test_accuracy")
+    best_ece = leader(results, list(results), "ece", higher_is_better=False)
     gaps = []
     for name, stats in results.items():
         gap = 100 * (stats["mean_confidence"]["mean"] - stats["test_accuracy"]["mean"])
@@ -175,7 +175,10 @@ def _summary(config: RunConfig, data: Dataset, results: dict) -> str:
         "",
         "## Result",
         "",
-        f"Highest mean test accuracy: {best_accuracy}. Lowest mean ECE (best calibrated): "
-        f"{best_ece}. Mean confidence minus accuracy: {'; '.join(gaps)}.",
+        f"Highest mean test accuracy: {best_accuracy}.",
+        "",
+        f"Lowest mean ECE (best calibrated): {best_ece}.",
+        "",
+        f"Mean confidence minus accuracy: {'; '.join(gaps)}.",
         "",
     ])

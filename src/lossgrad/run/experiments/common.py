@@ -9,7 +9,7 @@ import torch
 
 from ..report import summarize
 
-__all__ = ["accuracy", "seed_models", "summarize_runs"]
+__all__ = ["accuracy", "leader", "seed_models", "summarize_runs"]
 
 
 def seed_models(seed: int) -> None:
@@ -31,3 +31,37 @@ def summarize_runs(runs: Sequence[Mapping[str, float]]) -> dict[str, dict[str, o
 def count_better(first: Sequence[float], second: Sequence[float]) -> int:
     """Count the seeds where first is strictly greater than second."""
     return int(np.sum(np.asarray(first) > np.asarray(second)))
+
+
+def leader(results: Mapping[str, Mapping[str, Mapping[str, object]]], names: Sequence[str],
+           metric: str, *, higher_is_better: bool = True, scale: float = 100.0) -> str:
+    """Name the model with the best mean ``metric`` and say whether its lead is beyond noise.
+
+    Runs of one seed share the initial weights and batches across models, so the per-seed
+    differences between the best model and the runner-up are paired; the lead counts only when
+    their mean exceeds two standard errors, and with at least 3 seeds. Differences are reported
+    times ``scale`` (points).
+    """
+    ranked = sorted(names, key=lambda name: float(results[name][metric]["mean"]),
+                    reverse=higher_is_better)
+    best = ranked[0]
+    if len(ranked) == 1:
+        return best
+    second = ranked[1]
+    first_values = np.asarray(results[best][metric]["values"], dtype=np.float64)
+    second_values = np.asarray(results[second][metric]["values"], dtype=np.float64)
+    difference = first_values - second_values
+    if not higher_is_better:
+        difference = -difference
+    seeds = len(difference)
+    gap = float(difference.mean()) * scale
+    if seeds < 3:
+        # Two seeds give a standard error from one degree of freedom, often near 0.
+        return (f"{best}, {gap:.2f} points ahead of {second}; {seeds} seed(s) are too few to "
+                "tell that from noise")
+    two_errors = 2 * float(difference.std(ddof=1)) / np.sqrt(seeds) * scale
+    if gap > two_errors:
+        return (f"{best}, {gap:.2f} points ahead of {second}, beyond two standard errors of "
+                f"the paired difference over {seeds} seeds ({two_errors:.2f})")
+    return (f"{best} by its mean, but only {gap:.2f} points ahead of {second}, within two "
+            f"standard errors over {seeds} seeds ({two_errors:.2f}), so not a clear winner")

@@ -28,7 +28,7 @@ from ..models import mlp
 from ..plots import plot_curves, plot_embeddings
 from ..report import ExperimentResult, format_mean_std, markdown_table
 from ..training import History, Trainer, evaluate_logits, progress_bar, seed_generator
-from .common import seed_models, summarize_runs
+from .common import leader, seed_models, summarize_runs
 
 __all__ = ["run"]
 
@@ -278,7 +278,7 @@ def _summary(config: RunConfig, data: Dataset, results: dict) -> str:
     table = markdown_table(["loss", f"{NEIGHBOURS}-NN accuracy %", "Recall@1 %"], rows)
     trained = {name: stats for name, stats in results.items() if name in
                {method.name for method in METHODS}}
-    best = max(trained, key=lambda name: trained[name]["recall_at_1"]["mean"])
+    best = leader(trained, list(trained), "recall_at_1")
     baseline = results["input features (no training)"]["recall_at_1"]["mean"]
     beat = [name for name, stats in trained.items() if stats["recall_at_1"]["mean"] > baseline]
     seeds = ", ".join(map(str, config.seeds))
@@ -294,8 +294,7 @@ def _summary(config: RunConfig, data: Dataset, results: dict) -> str:
         "",
         "## Result",
         "",
-        f"Highest mean Recall@1: {best} "
-        f"({100 * trained[best]['recall_at_1']['mean']:.2f}%). {len(beat)} of {len(trained)} "
+        f"Highest mean Recall@1: {best}. {len(beat)} of {len(trained)} "
         f"losses beat the untrained input features ({100 * baseline:.2f}%)"
         + (f": {', '.join(beat)}." if beat else "."),
         "",

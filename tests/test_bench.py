@@ -191,3 +191,9 @@ def test_failing_variant_is_reported(tmp_path, monkeypatch):
     assert "lossgrad" in record["variants"]
     markdown = (tmp_path / "results.md").read_text()
     assert "- mse_loss broken: RuntimeError: out of memory" in markdown
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cli_cuda_without_gpu_fails_clearly(tmp_path, capsys):
+    assert cli.main(["bench", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "--device cuda: no CUDA device is available" in capsys.readouterr().err

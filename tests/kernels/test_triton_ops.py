@@ -120,6 +120,22 @@ def test_cross_entropy_rows_masked_and_ignored_rows():
     assert_close(grad, expected_grad, "grad", kind="grad")
 
 
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_cross_entropy_rows_nan_logit_gives_nan(probabilities):
+    logits = torch.tensor([[0.0, float("nan"), 1.0], [0.0, 1.0, 2.0], [float("nan"), 0.0, 1.0]])
+    if probabilities:
+        target = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    else:
+        target = torch.tensor([2, 0, -100])
+    loss, _ = triton_ops.cross_entropy_rows(
+        logits, target, None, ignore_index=-100, label_smoothing=0.0
+    )
+    assert loss[0].isnan()
+    assert torch.isfinite(loss[1])
+    if not probabilities:
+        assert loss[2] == 0.0  # an ignored row stays out of the loss
+
+
 def test_cross_entropy_rows_smoothing_skips_masked_classes():
     logits = torch.tensor([[0.0, float("-inf"), 1.0, float("-inf")]])
     target = torch.tensor([2])

@@ -340,6 +340,18 @@ def test_cross_entropy_ignored_nan_row_loss():
     assert torch.isfinite(grad[1]).all()
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_cross_entropy_nan_logit_gives_nan(label_smoothing, probabilities):
+    """A NaN in a counted row, also off the target class, makes its loss NaN, as in PyTorch."""
+    logits = torch.tensor([[0.0, float("nan"), 1.0], [0.0, 1.0, 2.0]])
+    target = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]) if probabilities else torch.tensor([2, 0])
+    loss = lossgrad.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
+    assert loss[0].isnan()
+    assert torch.isfinite(loss[1])
+    assert lossgrad.cross_entropy(logits, target, label_smoothing=label_smoothing).isnan()
+
+
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_cross_entropy_ignored_rows_any_logits(label_smoothing, weighted):

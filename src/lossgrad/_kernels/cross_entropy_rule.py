@@ -124,12 +124,13 @@ def _exponentiate_(out: Tensor) -> Tensor:
     The sum is at least 1 when the row has a finite logit (its maximum gives
     exp 0 = 1). A row of ``-inf`` sums to 0 and gets 1 instead, so that its
     all-zero row divides to probabilities 0 and its log-sum is 0, not NaN.
+    A row with a NaN logit keeps its NaN sum, so its loss is NaN, as in PyTorch.
     Probabilities are ``out / total``; the rules fold that division into the
     gradient's row factor to save a pass over the chunk.
     """
     out.exp_()
     total = out.sum(dim=-1, keepdim=True)  # chunk x 1
-    return torch.where(total > 0, total, 1.0)
+    return torch.where(total == 0, 1.0, total)
 
 
 def _finite_mask(shifted: Tensor, out: Tensor | None = None) -> Tensor:

@@ -118,10 +118,14 @@ def cross_entropy_rows_kernel(
     wq_sum = tl.zeros([BLOCK], tl.float32)
     finite = tl.zeros([BLOCK], tl.float32)
     w_finite = tl.zeros([BLOCK], tl.float32)
+    # NaN where a logit is NaN, else 0: added to the loss, so that a NaN logit
+    # anywhere in a counted row gives a NaN loss whatever tl.maximum does with NaN.
+    poison = tl.zeros([BLOCK], tl.float32)
     for start in range(0, n_cols, BLOCK):
         cols = start + lanes
         inside = cols < n_cols
         x = tl.load(x_row + cols, mask=inside, other=NEG_INF).to(tl.float32)
+        poison += tl.where(x == x, 0.0, x)
         m, s = _online_update(m, s, x)
         if HAS_WEIGHT:
             w = tl.load(weight_ptr + cols, mask=inside, other=0.0).to(tl.float32)
@@ -186,7 +190,7 @@ def cross_entropy_rows_kernel(
             wq = keep * (tl.where(cols == y, (1.0 - smoothing) * w_y, 0.0) + smooth_wq)
         grad = (a * p - wq) * scale
         tl.store(g_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=inside)
-    loss = a * log_total - target_term - tl.sum(shifted, 0)
+    loss = a * log_total - target_term - tl.sum(shifted, 0) + tl.sum(poison, 0)
     tl.store(loss_ptr + row, tl.where(keep == 0.0, 0.0, loss))
 
 

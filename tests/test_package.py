@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch.nn.functional as F
@@ -68,3 +70,23 @@ def test_command_prints_version(capsys):
         cli.main(["--version"])
     assert exit_info.value.code == 0
     assert lossgrad.__version__ in capsys.readouterr().out
+
+
+def test_cli_without_run_extras():
+    """explain works with torch alone; run names the missing extra in one line."""
+    script = (
+        "import sys\n"
+        "for name in ('numpy', 'sklearn', 'matplotlib', 'tqdm'):\n"
+        "    sys.modules[name] = None\n"
+        "from lossgrad import cli\n"
+        "assert cli.main(['explain', 'l1_loss']) == 0\n"
+        "try:\n"
+        "    cli.main(['run'])\n"
+        "except SystemExit as exit_:\n"
+        "    sys.exit(exit_.code)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 2, completed.stderr
+    assert "pip install 'lossgrad[run]'" in completed.stderr
+    assert "Traceback" not in completed.stderr

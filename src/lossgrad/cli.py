@@ -36,8 +36,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with one subparser per application."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Return the top-level parser with one subparser per application.
+
+    Only ``command``'s package is imported and given its options; the other
+    subparsers carry their help line alone, which is all ``lossgrad --help``
+    shows.
+    """
     parser = OneLineErrorParser(
         prog="lossgrad",
         description="Losses with hand-derived gradients: explain, run, bench.",
@@ -54,16 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for name, help_text in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(f"lossgrad.{name}")
-        module.configure_parser(sub)
-        sub.set_defaults(handler=module.main)
+        if name == command:
+            module = _import_command(name)
+            module.configure_parser(sub)
+            sub.set_defaults(handler=module.main)
     return parser
+
+
+def _import_command(name: str):
+    """Import ``lossgrad.<name>``, or exit with one line naming the missing extra."""
+    try:
+        return importlib.import_module(f"lossgrad.{name}")
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] == "lossgrad":
+            raise
+        print(
+            f"lossgrad {name}: the module {error.name!r} is not installed; install the "
+            "extras with: pip install 'lossgrad[run]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Top-level options take no value, so the first other word is the command.
+    command = next((word for word in words if not word.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

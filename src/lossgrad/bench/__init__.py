@@ -97,8 +97,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument(
         "--sweep", action="store_true",
-        help="also time the softmax-family losses at 1/8, 1/4, 1/2 and all of N and of V, "
-        "and plot the times to sweep.png",
+        help="also time the softmax-family and linear losses at 1/8, 1/4, 1/2 and all of N "
+        "and of V (the linear head's extra peak memory too), and plot them to sweep.png",
     )
 
 

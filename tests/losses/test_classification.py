@@ -340,6 +340,17 @@ def test_cross_entropy_ignored_nan_row_loss():
     assert torch.isfinite(grad[1]).all()
 
 
+@pytest.mark.parametrize("shape", [(4, 6), (1, 5), (5,)])
+def test_cross_entropy_probability_shape_mismatch_raises(shape):
+    with pytest.raises(ValueError, match=r"probabilities of the input's shape \(4, 5\)"):
+        lossgrad.cross_entropy(torch.randn(4, 5), torch.rand(shape))
+
+
+def test_cross_entropy_float_class_indices_raise():
+    with pytest.raises(TypeError, match="expected integer class indices"):
+        lossgrad.cross_entropy(torch.randn(4, 5), torch.tensor([0.0, 1.0, 2.0, 3.0]))
+
+
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("probabilities", [False, True])
 def test_cross_entropy_nan_logit_gives_nan(label_smoothing, probabilities):

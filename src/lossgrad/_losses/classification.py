@@ -464,6 +464,12 @@ def cross_entropy(
 
     # 2. Targets and weights.
     probabilities = target.is_floating_point() and target.shape == input.shape
+    if target.is_floating_point() and target.shape not in (input.shape, batch_shape):
+        raise ValueError(
+            f"target: expected probabilities of the input's shape {tuple(input.shape)} or "
+            f"class indices of shape {tuple(batch_shape)}, got a {target.dtype} tensor of "
+            f"shape {tuple(target.shape)}"
+        )
     if not probabilities:
         check_class_indices(target, C, ignore_index, validate=validate)
         if target.shape != batch_shape:

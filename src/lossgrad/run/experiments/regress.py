@@ -177,8 +177,14 @@ def _summary(config, data, results, most_robust, lowest_mae) -> str:
         "## Result",
         "",
         f"A robust loss keeps its test error when some training targets are wrong. The outliers "
-        f"raised test MAE least with {most_robust} (by {increase:.2f}) and most with {worst} "
-        f"(by {results[worst]['mae_increase']['mean']:.2f}), so {most_robust} was the most "
-        f"robust here, {also}",
+        f"changed test MAE least with {most_robust} ({_signed(increase)}) and most with "
+        f"{worst} ({_signed(results[worst]['mae_increase']['mean'])}), so {most_robust} was "
+        f"the most robust here, {also}",
         "",
     ])
+
+
+def _signed(change: float) -> str:
+    """Format an MAE change with its sign, without a negative zero: "+3.20", "-0.07", "0.00"."""
+    text = f"{change:+.2f}"
+    return "0.00" if float(text) == 0 else text

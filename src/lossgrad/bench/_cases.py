@@ -185,6 +185,18 @@ def _linear_head(sizes: dict[str, int], dtype, generator) -> Inputs:
     return Inputs((hidden, weight), (target,), logits_bytes, f"N={n} H={h} V={v}")
 
 
+def _linear_student_teacher(sizes: dict[str, int], dtype, generator) -> Inputs:
+    """A student head (hidden states and weight, both trained) and a constant teacher head."""
+    head = _linear_head(sizes, dtype, generator)
+    hidden, weight = head.grad_inputs
+    (target,) = head.constants
+    teacher_hidden = _randn(tuple(hidden.shape), dtype, generator)
+    teacher_weight = torch.randn(tuple(weight.shape), generator=generator)
+    teacher_weight = teacher_weight.div_(math.sqrt(hidden.shape[1])).to(dtype)
+    return Inputs((hidden, weight), (teacher_hidden, teacher_weight, target),
+                  head.reference_bytes, head.shape)
+
+
 # Plain PyTorch formulas of the losses that torch.nn.functional lacks.
 
 
@@ -236,6 +248,12 @@ def _torch_linear_cross_entropy(hidden, weight, target):
     )
 
 
+def _linear_then_kd(hidden, weight, teacher_hidden, teacher_weight, target,
+                    temperature=4.0, alpha=0.9):
+    teacher = F.linear(teacher_hidden, teacher_weight)
+    return _kd_formula(F.linear(hidden, weight), teacher, target, temperature, alpha)
+
+
 def _torch_peer(name: str, **options) -> Callable[..., Tensor]:
     function = getattr(F, name)
     return lambda *args: function(*args, **options)
@@ -274,6 +292,8 @@ CASES: tuple[Case, ...] = (
              else {}
          ),
          floor="matmul"),
+    Case("linear_kd_loss", "linear", _linear_student_teacher, _linear_then_kd,
+         "F.linear + " + _FORMULA, options={"temperature": 4.0, "alpha": 0.9}, floor="matmul"),
 )
 
 

@@ -522,35 +522,61 @@ def _log_sigmoid_of_abs(x: Tensor) -> Tensor:
 
 
 def _bce_with_logits_unguarded(
-    x: Tensor, y: Tensor, pos_weight: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Return the per-element loss and ∂ℓ/∂x, without the 0 · ∞ guard, in two new tensors.
+    x: Tensor,
+    y: Tensor,
+    pos_weight: Tensor | None,
+    weight: Tensor | None,
+    keep_elements: bool,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Return Σℓ, the per-element loss ℓ (``None`` unless ``keep_elements``) and ∂ℓ/∂x.
 
     With a = log1p(e^(−|x|)), softplus(x) = relu(x) + a and
-    softplus(−x) = relu(−x) + a. Every term below is a product of
-    non-negative factors (for targets in [0, 1]), so nothing cancels, and a
-    hard label gives exactly a plus one relu. A logit of ±inf makes 0 · ∞,
-    which is NaN: the caller then uses :func:`_bce_with_logits_guarded`.
-    The ops work in place on temporaries, which vmap cannot batch, so this
-    runs only where :func:`can_read_values` holds.
+    softplus(−x) = relu(−x) + a, so ℓ = w·[(pw·y + 1 − y)·a + hinge], where
+    hinge is relu(x) − y·x, or (1 − y)·relu(x) + pw·y·relu(−x) with
+    pos_weight. Both parts are sums of non-negative products (for targets
+    in [0, 1]), so neither part nor their sum cancels, and a hard label
+    gives exactly a plus one relu. Without ``keep_elements`` the two parts
+    are summed apart, which lets one buffer hold the a term, the hinge and
+    then the gradient. A logit of ±inf makes 0 · ∞, which is NaN: the caller
+    then uses :func:`_bce_with_logits_guarded`. The ops work in place on
+    temporaries, which vmap cannot batch, so this runs only where
+    :func:`can_read_values` holds.
     """
     scratch = _log_sigmoid_of_abs(x)  # −a
+    if pos_weight is not None:
+        positive = pos_weight * y  # pw·y
+        negative = 1 - y
+        coefficient = positive + negative  # pw·y + 1 − y
+        scratch.mul_(coefficient)
+    if weight is not None:
+        scratch.mul_(weight)
+    if keep_elements:
+        hinge = x.clamp(min=0)
+    else:
+        negative_tail_total = scratch.sum()
+        hinge = torch.clamp(x, min=0, out=scratch)
     if pos_weight is None:
-        # ℓ = y·softplus(−x) + (1 − y)·softplus(x) = a + relu(x) − y·x
-        loss = x.clamp(min=0).addcmul_(y, x, value=-1).sub_(scratch)
-        # ∂ℓ/∂x = σ(x) − y, written over −a, which is no longer needed
-        grad = torch.sigmoid(x, out=scratch).sub_(y)
-        return loss, grad
-    positive = pos_weight * y  # pw·y
-    negative = 1 - y
-    coefficient = positive + negative  # pw·y + 1 − y
-    # ℓ = (pw·y + 1 − y)·a + (1 − y)·relu(x) + pw·y·relu(−x)
-    loss = x.clamp(min=0).mul_(negative)
-    loss.addcmul_(x.clamp(max=0), positive, value=-1)
-    loss.addcmul_(scratch, coefficient, value=-1)
-    # ∂ℓ/∂x = (pw·y + 1 − y)·σ(x) − pw·y
-    grad = torch.sigmoid(x, out=scratch).mul_(coefficient).sub_(positive)
-    return loss, grad
+        hinge.addcmul_(y, x, value=-1)
+    else:
+        hinge.mul_(negative).addcmul_(x.clamp(max=0), positive, value=-1)
+    if weight is not None:
+        hinge.mul_(weight)
+    if keep_elements:
+        loss = hinge.sub_(scratch)
+        total = loss.sum()
+        grad = torch.sigmoid(x, out=scratch)  # −a is no longer needed
+    else:
+        loss = None
+        total = hinge.sum() - negative_tail_total
+        grad = torch.sigmoid(x, out=hinge)  # the hinge is summed already
+    # ∂ℓ/∂x = w·[(pw·y + 1 − y)·σ(x) − pw·y], which is w·(σ(x) − y) without pos_weight
+    if pos_weight is None:
+        grad.sub_(y)
+    else:
+        grad.mul_(coefficient).sub_(positive)
+    if weight is not None:
+        grad.mul_(weight)
+    return total, loss, grad
 
 
 def _bce_with_logits_guarded(
@@ -589,11 +615,7 @@ class _BCEWithLogitsFunction(torch.autograd.Function):
             # The unguarded form is NaN only where a logit is ±inf or an input
             # is NaN. A non-finite total therefore sends the call to the
             # guarded form, which gives those elements their value.
-            loss, grad = _bce_with_logits_unguarded(x, y, pw)
-            if w is not None:
-                loss.mul_(w)
-                grad.mul_(w)
-            total = loss.sum()
+            total, loss, grad = _bce_with_logits_unguarded(x, y, pw, w, reduction == "none")
             if math.isfinite(total.item()):
                 # The sum of a 0-d tensor is itself, so _reduce reuses the total.
                 summed = loss if reduction == "none" else total

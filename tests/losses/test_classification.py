@@ -340,6 +340,17 @@ def test_cross_entropy_ignored_nan_row_loss():
     assert torch.isfinite(grad[1]).all()
 
 
+@pytest.mark.parametrize(("name", "argument"), [
+    ("binary_cross_entropy_with_logits", "weight"),
+    ("binary_cross_entropy_with_logits", "pos_weight"),
+    ("binary_cross_entropy", "weight"),
+])
+def test_bce_negative_weight_raises(name, argument):
+    weights = torch.tensor([1.0, -0.5, 2.0])
+    with pytest.raises(ValueError, match=rf"{argument}: expected non-negative weights, got -0.5"):
+        getattr(lossgrad, name)(torch.rand(4, 3), torch.rand(4, 3), **{argument: weights})
+
+
 @pytest.mark.parametrize("shape", [(4, 6), (1, 5), (5,)])
 def test_cross_entropy_probability_shape_mismatch_raises(shape):
     with pytest.raises(ValueError, match=r"probabilities of the input's shape \(4, 5\)"):

@@ -123,9 +123,17 @@ def _check_no_grad_required(name: str, tensor: Tensor | None) -> None:
 
 
 def _check_broadcasts_to(name: str, tensor: Tensor | None, input: Tensor) -> None:
+    """Raise unless ``tensor`` is None or a float tensor that broadcasts to the input.
+
+    On the CPU it must also be non-negative. Elsewhere the values are not read,
+    because that would synchronise with the host.
+    """
     if tensor is None:
         return
     check_float_tensor(name, tensor)
+    if tensor.numel() and should_validate_values(tensor, None) and bool((tensor < 0).any()):
+        bad = tensor[tensor < 0].flatten()[0].item()
+        raise ValueError(f"{name}: expected non-negative weights, got {bad}")
     try:
         shape = torch.broadcast_shapes(tensor.shape, input.shape)
     except RuntimeError:
@@ -757,9 +765,9 @@ def binary_cross_entropy_with_logits(
           the function receives the input in whatever dtype the autocast
           region produced and computes in float32 either way, where PyTorch
           autocasts this loss to float32.
-        - The values of ``weight``, ``pos_weight`` and ``target`` are not
-          checked; negative weights or targets outside [0, 1] give the
-          formula's value.
+        - Negative values of ``weight`` and ``pos_weight`` raise (checked on
+          the CPU only, where reading them needs no host synchronisation).
+          Targets outside [0, 1] are not checked and give the formula's value.
     """
     check_float_tensor("input", input)
     target = to_input_dtype("target", target, input)

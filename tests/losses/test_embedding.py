@@ -603,6 +603,8 @@ def test_modules_reject_unknown_reduction():
         (lambda: lossgrad.nn.ContrastiveLoss(neg_margin=-1.0), "neg_margin: expected a value >= 0"),
         (lambda: lossgrad.nn.TripletMarginLoss(margin=0.0), "margin: expected a value > 0"),
         (lambda: lossgrad.nn.TripletMarginLoss(distance="l2"), "distance: expected one of"),
+        (lambda: lossgrad.nn.TripletMarginLoss(p=0.5), "p: expected a finite number >= 1"),
+        (lambda: lossgrad.nn.TripletMarginLoss(eps=-1.0), "eps: expected a value >= 0"),
         (lambda: lossgrad.nn.CosineSimilarityLoss(eps=-1.0), "eps: expected a value > 0"),
     ),
 )
@@ -689,7 +691,7 @@ Y = torch.randn(3, 4)
         (lambda: lossgrad.cosine_similarity_loss(X, Y, eps=0.0),
          ValueError, "eps: expected a value > 0"),
         (lambda: lossgrad.triplet_margin_loss(X, Y, Y, p=0.5),
-         ValueError, r"p: expected a value in \[1.0, inf\], got 0.5"),
+         ValueError, r"p: expected a finite number >= 1, got 0.5"),
         (lambda: lossgrad.triplet_margin_loss(X, Y, Y, p=float("inf")),
          ValueError, "p: expected a finite number, got inf"),
         (lambda: lossgrad.triplet_margin_loss(X, Y, Y, p=3, distance="cosine"),

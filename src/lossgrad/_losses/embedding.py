@@ -20,7 +20,6 @@ from .._checks import (
     check_choice,
     check_finite_number,
     check_float_tensor,
-    check_in_range,
     check_labels,
     check_ndim,
     check_no_legacy_reduction,
@@ -679,6 +678,14 @@ class TripletMarginFunction(torch.autograd.Function):
         )
 
 
+def check_norm_order(p: object) -> float:
+    """Raise unless ``p`` is a finite number >= 1, the order of a p-norm distance; return it."""
+    order = check_finite_number("p", p)
+    if order < 1:
+        raise ValueError(f"p: expected a finite number >= 1, got {order}")
+    return order
+
+
 @documented(
     Formula(
         name="triplet_margin_loss",
@@ -772,7 +779,7 @@ def triplet_margin_loss(
         {"anchor": anchor, "positive": positive, "negative": negative}
     )
     margin = check_positive("margin", margin)
-    p = check_in_range("p", p, 1.0, float("inf"))
+    p = check_norm_order(p)
     eps = check_non_negative("eps", eps)
     if eps != TRIPLET_EPS:
         warnings.warn(

@@ -124,8 +124,8 @@ class TripletMarginLoss(nn.Module):
         super().__init__()
         check_no_legacy_reduction(size_average, reduce)
         self.margin = check_positive("margin", margin)
-        self.p = p
-        self.eps = eps
+        self.p = F.check_norm_order(p)
+        self.eps = check_non_negative("eps", eps)
         self.swap = swap
         self.reduction = check_reduction(reduction)
         if distance is not None:

@@ -59,8 +59,13 @@ __all__ = ["linear_cross_entropy", "linear_kd_loss"]
 DIVERGENCES = ("kl", "js")
 
 # The default chunk aims at this many bytes of float32 logits, small next to
-# the N x V logits of a language-model batch.
-CHUNK_LOGITS_BYTES = 16 * 1024 * 1024
+# the N x V logits of a language-model batch. The chunk's matmuls lose
+# efficiency as it shrinks: at N = 2048, H = 512, V = 32000 with 2 threads on
+# a 2-core AMD EPYC VM, forward + backward took about 1.72 s with 128-row
+# (16 MiB) chunks, 1.41-1.54 s with 256 rows (32 MiB) and 1.36-1.46 s with
+# 512 rows, against 1.38 s for the three whole matmuls (scratch benchmark,
+# medians of 5, not in the repository).
+CHUNK_LOGITS_BYTES = 32 * 1024 * 1024
 # The weight gradient adds a (V x chunk)(chunk x H) product per chunk, which
 # reads and writes all of V x H; with fewer rows that traffic dominates.
 MIN_CHUNK_ROWS = 64
@@ -69,7 +74,7 @@ MIN_CHUNK_ROWS = 64
 def default_chunk_size(n_rows: int, vocab_size: int, hidden_size: int) -> int:
     """Return the default number of rows per chunk for ``N x H`` inputs and ``V`` classes.
 
-    The chunk's logits take at most about 16 MiB in float32 (``chunk·V·4``
+    The chunk's logits take at most about 32 MiB in float32 (``chunk·V·4``
     bytes), or the size of the input ``N x H`` where that is larger, since
     the input is in memory anyway. The chunk has at least 64 rows and at
     most ``N``, and the rows are spread evenly over the chunks.
@@ -568,7 +573,7 @@ def linear_cross_entropy(
             the full-batch mean. A one-element tensor is used without a host
             sync. Only with ``reduction="mean"``. Default: ``None``.
         chunk_size (int, optional): rows per chunk. Default: ``None``, which
-            picks rows for about 16 MiB of float32 logits per chunk, or as
+            picks rows for about 32 MiB of float32 logits per chunk, or as
             much as the input ``N x H`` takes when that is more, and at
             least 64 rows (see ``default_chunk_size``).
 

@@ -259,20 +259,24 @@ def _probability_rule(
 def _fused_class_index_rule(
     target: Tensor, ignore_index: int, grad_scale: Tensor | None, general: RowRule
 ) -> RowRule:
-    """Build the rule for class indices without weights or smoothing, in five passes.
+    """Build the rule for class indices without weights or smoothing, on ``torch.softmax``.
 
-    The passes over a chunk are the row maximum m, x − m written to ``out``,
-    ``exp_``, the row sum and one multiply by c / Σ exp(x − m). The per-row
-    factor c is 0 for an ignored row and ``grad_scale`` otherwise. The
-    one-hot term −c goes in by a scatter on one entry per row. The loss
-    lse − x_y = log Σ exp(x − m) − (x_y − m) is formed from the shifted
-    values, so it keeps its precision at logits of 1e8.
+    The passes over a chunk are the row maximum m, PyTorch's softmax kernel
+    written into ``out``, the row maximum of ``out`` and one multiply by the per-row
+    factor c, which is 0 for an ignored row and ``grad_scale`` otherwise. The
+    one-hot term −c goes in by a scatter on one entry per row. The softmax
+    kernel computes exp(x − m) / Σ exp(x − m), so the probability at the
+    row's maximum is 1 / Σ exp(x − m), rounded once. The loss
+    lse − x_y = log Σ exp(x − m) − (x_y − m) is formed from it and from
+    x_y − m, which keeps its precision at logits of 1e8 and where p_y
+    underflows.
 
     No masking is needed when every row maximum is finite: an entry of −inf
-    then gives exp 0 and gradient 0, and a target logit of −inf gives loss
-    +inf and gradient −c. A chunk with a row maximum of ±inf or NaN (a row of
-    only −inf, a +inf or NaN logit) goes to ``general``. That test reads one
-    value per chunk on the host, before anything is written to ``out``.
+    then gives probability 0 and gradient 0, and a target logit of −inf gives
+    loss +inf and gradient −c. A chunk with a row maximum of ±inf or NaN (a
+    row of only −inf, a +inf or NaN logit) goes to ``general``. That test
+    reads one value per chunk on the host, before anything is written to
+    ``out``.
     """
     kept_all = target != ignore_index  # N
     safe_all = torch.where(kept_all, target, 0).long().unsqueeze(-1)  # N x 1, int64 for gather
@@ -294,16 +298,17 @@ def _fused_class_index_rule(
         c = factor[rows]  # chunk x 1
         y = safe_all[rows]
 
-        torch.sub(x, m, out=out)  # x − m; x is not read after this
-        z_y = out.gather(-1, y)  # chunk x 1, x_y − m
-        out.exp_()
-        total = out.sum(dim=-1, keepdim=True)  # Σ exp(x − m), at least 1
+        z_y = x.gather(-1, y).sub_(m)  # chunk x 1, x_y − m, read before out is written
+        torch.softmax(x, dim=-1, out=out)  # x is not read after this
+        # log Σ exp(x − m) = −log of the largest probability. (amax and a
+        # second amax read less time than one max with indices.)
+        log_total = out.amax(dim=-1, keepdim=True).log_().neg_()
 
-        # Gradient c (p_j − [j = y]) with p = exp(x − m) / total.
-        out.mul_(c / total)
+        # Gradient c (p_j − [j = y]).
+        out.mul_(c)
         out.scatter_add_(-1, y, c.neg())
 
         # Loss lse − x_y. An ignored row gives 0 even where its x_0 is −inf.
-        return total.log_().sub_(z_y).masked_fill_(ignored_all[rows], 0.0).squeeze(-1)
+        return log_total.sub_(z_y).masked_fill_(ignored_all[rows], 0.0).squeeze(-1)
 
     return rule

@@ -73,7 +73,7 @@ def _cross_entropy_rows_(logits: Tensor, positive: Tensor) -> tuple[Tensor, Tens
         return triton_ops.cross_entropy_rows(
             logits, positive, None, ignore_index=-100, label_smoothing=0.0, inplace=True
         )
-    return fused_rows(logits, cross_entropy_rule(positive), inplace=True)
+    return fused_rows(logits, cross_entropy_rule(positive, fused=True), inplace=True)
 
 
 class InfoNCEFunction(torch.autograd.Function):

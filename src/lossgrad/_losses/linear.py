@@ -323,7 +323,7 @@ def _cross_entropy_walk(
 
     def rule_for_chunk(rows: slice, logits: Tensor) -> RowRule:
         ce_rule = cross_entropy_rule(
-            target[rows], weight, options.ignore_index, options.label_smoothing
+            target[rows], weight, options.ignore_index, options.label_smoothing, fused=True
         )
         return _head_rule(
             ce_rule,

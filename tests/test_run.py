@@ -424,7 +424,7 @@ def read_history(folder: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("arguments", [
     # No dropout and no jitter, so both runs see the same numbers. embed shards each batch
-    # itself and gathers InfoNCE's keys over the ranks; its last batch of each epoch (1077
+    # itself and gathers InfoNCE's keys over the ranks. Its last batch of each epoch (1077
     # training rows) splits into 27 and 26 rows. regress shards through the Trainer.
     ["embed", "--methods", "info_nce,triplet", "--epochs", "2"],
     ["regress", "--epochs", "3"],

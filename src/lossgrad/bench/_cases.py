@@ -186,7 +186,7 @@ def _linear_head(sizes: dict[str, int], dtype, generator) -> Inputs:
 
 
 def _linear_student_teacher(sizes: dict[str, int], dtype, generator) -> Inputs:
-    """A student head (hidden states and weight, both trained) and a constant teacher head."""
+    """Build a student head (hidden states and weight, both trained) and a constant teacher head."""
     head = _linear_head(sizes, dtype, generator)
     hidden, weight = head.grad_inputs
     (target,) = head.constants

@@ -94,7 +94,7 @@ def build_kd(values: Values) -> Case:
     """Read the distillation inputs, ``--temperature`` (default 4) and ``--alpha`` (default 0.9).
 
     Without a target kd_loss is the soft term alone and does not use alpha,
-    so the case leaves it out and says so.
+    so the case leaves it out and adds a note.
     """
     alpha = values.number("alpha", 0.9)
     case = build_distillation(values, temperature=4.0, alpha=alpha)

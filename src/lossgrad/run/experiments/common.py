@@ -35,7 +35,7 @@ def count_better(first: Sequence[float], second: Sequence[float]) -> int:
 
 def leader(results: Mapping[str, Mapping[str, Mapping[str, object]]], names: Sequence[str],
            metric: str, *, higher_is_better: bool = True, scale: float = 100.0) -> str:
-    """Name the model with the best mean ``metric`` and say whether its lead is beyond noise.
+    """Name the model with the best mean ``metric`` and state whether its lead is beyond noise.
 
     Runs of one seed share the initial weights and batches across models, so the per-seed
     differences between the best model and the runner-up are paired; the lead counts only when

@@ -411,6 +411,22 @@ def test_run_error_is_exception():
 # 4. Several processes under torchrun.
 
 
+def test_run_keeps_callers_process_group(tmp_path, capsys, monkeypatch):
+    """A group that the caller made is left initialised; lossgrad run destroys only its own."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        code, _, err = run_cli(capsys, "regress", "--fast", "--quiet", "--seeds", "0,",
+                               "--epochs", "1", "--out", str(tmp_path / "run"))
+        assert code == 0, err
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -67,11 +67,14 @@ def _run(flag_values: dict[str, object]) -> int:
     config, unused = resolve_config(flag_values)
     if config.device == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: CUDA is not available here; use --device cpu")
+    # A process group that the caller made stays; one made here is destroyed at the end.
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = distributed.init_from_env()
     try:
         return _run_experiment(config, unused, info)
     finally:
-        distributed.shutdown()
+        if owns_group:
+            distributed.shutdown()
 
 
 def _run_experiment(

@@ -9,7 +9,7 @@ import torch
 
 from ..report import summarize
 
-__all__ = ["accuracy", "leader", "seed_models", "summarize_runs"]
+__all__ = ["accuracy", "leader", "paired_difference", "seed_models", "summarize_runs"]
 
 
 def seed_models(seed: int) -> None:
@@ -33,14 +33,25 @@ def count_better(first: Sequence[float], second: Sequence[float]) -> int:
     return int(np.sum(np.asarray(first) > np.asarray(second)))
 
 
+def paired_difference(first: Sequence[float], second: Sequence[float]) -> tuple[float, float]:
+    """Return the mean of ``first − second`` over seeds and its standard error.
+
+    The same seed gives both models the same initial weights and batches, so the per-seed
+    differences are paired. The standard error is 0 for fewer than two seeds.
+    """
+    difference = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
+    seeds = len(difference)
+    error = float(difference.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else 0.0
+    return float(difference.mean()), error
+
+
 def leader(results: Mapping[str, Mapping[str, Mapping[str, object]]], names: Sequence[str],
            metric: str, *, higher_is_better: bool = True, scale: float = 100.0) -> str:
     """Name the model with the best mean ``metric`` and state whether its lead is beyond noise.
 
-    Runs of one seed share the initial weights and batches across models, so the per-seed
-    differences between the best model and the runner-up are paired; the lead counts only when
-    their mean exceeds two standard errors, and with at least 3 seeds. Differences are reported
-    times ``scale`` (points).
+    The lead over the runner-up counts only when the mean of the paired per-seed differences
+    exceeds two standard errors, and with at least 3 seeds. Differences are reported times
+    ``scale`` (points).
     """
     ranked = sorted(names, key=lambda name: float(results[name][metric]["mean"]),
                     reverse=higher_is_better)
@@ -48,18 +59,17 @@ def leader(results: Mapping[str, Mapping[str, Mapping[str, object]]], names: Seq
     if len(ranked) == 1:
         return best
     second = ranked[1]
-    first_values = np.asarray(results[best][metric]["values"], dtype=np.float64)
-    second_values = np.asarray(results[second][metric]["values"], dtype=np.float64)
-    difference = first_values - second_values
+    ahead, behind = results[best][metric]["values"], results[second][metric]["values"]
     if not higher_is_better:
-        difference = -difference
-    seeds = len(difference)
-    gap = float(difference.mean()) * scale
+        ahead, behind = behind, ahead
+    gap, error = paired_difference(ahead, behind)
+    gap *= scale
+    seeds = len(ahead)
     if seeds < 3:
         # Two seeds give a standard error from one degree of freedom, often near 0.
         return (f"{best}, {gap:.2f} points ahead of {second}; {seeds} seed(s) are too few to "
                 "tell that from noise")
-    two_errors = 2 * float(difference.std(ddof=1)) / np.sqrt(seeds) * scale
+    two_errors = 2 * error * scale
     if gap > two_errors:
         return (f"{best}, {gap:.2f} points ahead of {second}, beyond two standard errors of "
                 f"the paired difference over {seeds} seeds ({two_errors:.2f})")

@@ -26,7 +26,7 @@ from ..models import GaussianJitter, mlp
 from ..plots import plot_confusion_matrices, plot_curves
 from ..report import ExperimentResult, format_mean_std, markdown_table
 from ..training import History, Trainer, evaluate_logits, progress_bar, seed_generator
-from .common import accuracy, count_better, seed_models, summarize_runs
+from .common import accuracy, count_better, paired_difference, seed_models, summarize_runs
 
 __all__ = ["run"]
 
@@ -221,11 +221,8 @@ def _verdict(results: dict, k: int) -> dict:
     seeds = len(ce_errors)
     kd_wins = count_better(ce_errors, kd_errors)
     kd_losses = count_better(kd_errors, ce_errors)
-    # The same seed gives both students the same initial weights and batches, so the per-seed
-    # difference is paired. A gap counts only beyond two standard errors of that difference.
-    saved = ce_errors - kd_errors
-    standard_error = float(saved.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else 0.0
-    gap = float(saved.mean())
+    # A gap counts only beyond two standard errors of the paired per-seed difference.
+    gap, standard_error = paired_difference(ce_errors, kd_errors)
     claims = {
         "distilled_student_beats_hard_label_student": gap > 2 * standard_error,
         "hard_label_student_misses_omitted": mean("omitted_ce", "omitted_accuracy") < 0.05,

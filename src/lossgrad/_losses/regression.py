@@ -324,8 +324,8 @@ def l1_loss(
 
     Shape:
         - input: ``(*)``, any number of dimensions.
-        - target: ``(*)``, the input's shape; integer targets are cast to the input's dtype,
-          and a floating target of another dtype promotes both, as in PyTorch.
+        - target: ``(*)``, the input's shape. Integer targets are cast to the input's dtype.
+          A floating target of another dtype promotes both, as in PyTorch.
         - weight: ``(*)``, the input's shape.
         - output: a scalar, or ``(*)`` with ``reduction='none'``.
 
@@ -383,8 +383,8 @@ def mse_loss(
 
     Shape:
         - input: ``(*)``, any number of dimensions.
-        - target: ``(*)``, the input's shape; integer targets are cast to the input's dtype,
-          and a floating target of another dtype promotes both, as in PyTorch.
+        - target: ``(*)``, the input's shape. Integer targets are cast to the input's dtype.
+          A floating target of another dtype promotes both, as in PyTorch.
         - weight: ``(*)``, the input's shape.
         - output: a scalar, or ``(*)`` with ``reduction='none'``.
 
@@ -520,8 +520,8 @@ def smooth_l1_loss(
 
     Shape:
         - input: ``(*)``, any number of dimensions.
-        - target: ``(*)``, the input's shape; integer targets are cast to the input's dtype,
-          and a floating target of another dtype promotes both, as in PyTorch.
+        - target: ``(*)``, the input's shape. Integer targets are cast to the input's dtype.
+          A floating target of another dtype promotes both, as in PyTorch.
         - output: a scalar, or ``(*)`` with ``reduction='none'``.
 
     Example::

@@ -31,10 +31,10 @@ def descend(
     """Run ``steps`` updates x ← x − η·∂ℓ/∂x on every input in ``case.wrt``.
 
     Returns ``steps + 1`` rows (the start and the state after each update)
-    and None, or fewer rows and the reason for stopping: an update moved an
-    input where the loss rejects it (a probability past 1), or the loss or an
-    input stopped being finite (the learning rate is too large: the steps
-    overshoot more each time and diverge).
+    and None, or fewer rows and the reason for stopping. The run stops when an
+    update moves an input where the loss rejects it (a probability past 1), or
+    when the loss or an input is no longer finite, because a learning rate that
+    is too large makes each step overshoot more than the last.
     """
     table: list[Step] = []
     for index in range(steps + 1):

@@ -122,7 +122,7 @@ def _check_no_grad_required(name: str, tensor: Tensor | None) -> None:
         )
 
 
-def _check_broadcasts_to(name: str, tensor: Tensor | None, input: Tensor) -> None:
+def _check_element_weight(name: str, tensor: Tensor | None, input: Tensor) -> None:
     """Raise unless ``tensor`` is None or a float tensor that broadcasts to the input.
 
     On the CPU it must also be non-negative. Elsewhere the values are not read,
@@ -774,8 +774,8 @@ def binary_cross_entropy_with_logits(
     check_same_shape(input, target)
     check_no_legacy_reduction(size_average, reduce)
     check_reduction(reduction)
-    _check_broadcasts_to("weight", weight, input)
-    _check_broadcasts_to("pos_weight", pos_weight, input)
+    _check_element_weight("weight", weight, input)
+    _check_element_weight("pos_weight", pos_weight, input)
     _check_no_grad_required("weight", weight)
     _check_no_grad_required("pos_weight", pos_weight)
     loss, _, _ = _BCEWithLogitsFunction.apply(input, target, weight, pos_weight, reduction)
@@ -930,7 +930,7 @@ def binary_cross_entropy(
     check_same_shape(input, target)
     check_no_legacy_reduction(size_average, reduce)
     check_reduction(reduction)
-    _check_broadcasts_to("weight", weight, input)
+    _check_element_weight("weight", weight, input)
     _check_no_grad_required("weight", weight)
     if input.numel() and should_validate_values(input, validate):
         outside = ~((input >= 0) & (input <= 1))
